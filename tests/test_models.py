@@ -60,9 +60,10 @@ def test_local_directory_roundtrip_and_dtype(tmp_path) -> None:
     assert not loaded.training
     assert loaded.dtype == torch.float32
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
-    assert loaded_tok("abc", add_special_tokens=False)["input_ids"] == tokenizer(
-        "abc", add_special_tokens=False
-    )["input_ids"]
+    assert (
+        loaded_tok("abc", add_special_tokens=False)["input_ids"]
+        == tokenizer("abc", add_special_tokens=False)["input_ids"]
+    )
 
     half, _ = load(str(tmp_path), dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16
