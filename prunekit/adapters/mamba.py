@@ -1,0 +1,50 @@
+"""Mamba (v1): inner channels through in_proj/conv1d/x_proj/dt_proj/A_log/D/out_proj, dt rank, state size."""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph.groups import Group
+from .base import Adapter, register_adapter
+
+
+@register_adapter
+class MambaAdapter(Adapter):
+    name = "mamba"
+    model_types = ("mamba", "falcon_mamba")
+    supported_roles = ("residual", "ssm_inner", "ssm_dt_rank", "ssm_state")
+    opaque_modules: dict[str, str] = {}
+
+    def role(self, group: Group, model: torch.nn.Module) -> str:
+        base = super().role(group, model)
+        if base == "residual" or not group.name.endswith("mixer"):
+            return base
+        attrs = {m.param.rsplit(".", 2)[-2] + "." + m.attr for m in group.members}
+        if "out_proj.weight" in attrs:
+            return "ssm_inner"
+        if "dt_proj.weight" in attrs:
+            return "ssm_dt_rank"
+        if any(a.startswith("A_log") for a in attrs) or "mixer.A_log" in attrs:
+            return "ssm_state"
+        return base
+
+    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(model.backbone.layers)
+
+    def sync(self, model: torch.nn.Module) -> None:
+        super().sync(model)
+        per_layer = []
+        for layer in self.layers(model):
+            mix = layer.mixer
+            mix.hidden_size = mix.in_proj.in_features
+            mix.intermediate_size = mix.out_proj.in_features
+            mix.ssm_state_size = int(mix.A_log.shape[1])
+            mix.time_step_rank = mix.dt_proj.in_features
+            per_layer.append(
+                {
+                    "intermediate_size": mix.intermediate_size,
+                    "state_size": mix.ssm_state_size,
+                    "time_step_rank": mix.time_step_rank,
+                }
+            )
+        self.set_layer_fields(model, per_layer)

@@ -1,0 +1,63 @@
+"""Mamba-2: SSM heads (grouped by their B/C group), state dims, gated RMSNorm over groups."""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph.groups import Group
+from .base import Adapter, register_adapter
+
+
+@register_adapter
+class Mamba2Adapter(Adapter):
+    name = "mamba2"
+    model_types = ("mamba2",)
+    supported_roles = ("residual", "ssm_heads", "ssm_state")
+
+    def role(self, group: Group, model: torch.nn.Module) -> str:
+        base = super().role(group, model)
+        if base == "residual" or not group.name.endswith("mixer"):
+            return base
+        attrs = {m.param.split("mixer.")[-1] for m in group.members}
+        if group.kind == "heads" and "A_log" in attrs:
+            return "ssm_heads"
+        if "A_log" not in attrs and "out_proj.weight" not in attrs and "in_proj.weight" in attrs:
+            return "ssm_state"
+        if group.kind == "inner":
+            return "ssm_head_dim"
+        return base
+
+    def rejects(self, group: Group, model: torch.nn.Module) -> str | None:
+        if group.role == "ssm_head_dim":
+            return "Mamba-2 views x with one head_dim per model: head_dim is fixed"
+        return super().rejects(group, model)
+
+    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(model.backbone.layers)
+
+    def on_removed(self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int) -> None:
+        mix = model.get_submodule(group.name)
+        if group.role == "ssm_heads" and group.num_outer:
+            mix.n_groups -= removed_outer
+        elif group.role == "ssm_state":
+            mix.ssm_state_size -= removed_units
+
+    def sync(self, model: torch.nn.Module) -> None:
+        super().sync(model)
+        per_layer = []
+        for layer in self.layers(model):
+            mix = layer.mixer
+            mix.hidden_size = mix.in_proj.in_features
+            mix.num_heads = int(mix.A_log.shape[0])
+            mix.intermediate_size = mix.out_proj.in_features
+            mix.conv_dim = mix.conv1d.out_channels
+            mix.norm.group_size = mix.intermediate_size // mix.n_groups
+            per_layer.append(
+                {
+                    "num_heads": mix.num_heads,
+                    "n_groups": mix.n_groups,
+                    "state_size": mix.ssm_state_size,
+                    "intermediate_size": mix.intermediate_size,
+                }
+            )
+        self.set_layer_fields(model, per_layer)

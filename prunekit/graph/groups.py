@@ -1,0 +1,141 @@
+"""Prunable groups: sets of parameter slices that must be removed together, and how they print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Member:
+    """One parameter dimension's share of a group.
+
+    ``positions[i]`` (an index along ``dim`` of ``param``) belongs to unit ``units[i]``. In a grouped-head
+    group, members such as ``k_proj`` rows exist once per *outer* unit (a KV head) and have
+    ``per_outer=True``: their ``units`` index outer units, and they go only when every query head of
+    that KV head goes.
+    """
+
+    param: str
+    dim: int
+    positions: torch.Tensor
+    units: torch.Tensor
+    per_outer: bool = False
+    side: str = "param"
+
+    @property
+    def module(self) -> str:
+        return self.param.rsplit(".", 1)[0]
+
+    @property
+    def attr(self) -> str:
+        return self.param.rsplit(".", 1)[1]
+
+    def describe(self, prefix: str) -> str:
+        mod = self.module
+        rel = mod[len(prefix) + 1:] if prefix and mod.startswith(prefix + ".") else _short(mod)
+        if mod == prefix:
+            rel = ""
+        attr = "" if self.attr == "weight" else self.attr
+        tag = ".".join(x for x in (rel, attr) if x) or self.attr
+        if self.side in ("out", "in") and self.attr == "weight":
+            tag = f"{tag}.{self.side}"
+        return f"{tag}[{len(self.positions)}]"
+
+
+@dataclass
+class Group:
+    """Channels (or heads) that are removed together across every member parameter.
+
+    ``kind`` is ``"channels"`` (independent channels: MLP, residual stream, Mamba inner channels),
+    ``"heads"`` (blocks of channels formed by a reshape: attention heads, Mamba-2 heads, possibly grouped
+    with a replication such as GQA) or ``"inner"`` (an axis inside heads, e.g. a head dimension, that
+    can only shrink by the same amount in every head). ``num_units`` counts query heads for head groups;
+    ``num_outer`` counts key/value heads (or Mamba-2 B/C groups) when heads are grouped.
+    """
+
+    name: str
+    kind: str
+    members: list[Member]
+    num_units: int
+    num_outer: int | None = None
+    norm_spanned: tuple[str, ...] = ()
+    role: str = ""
+
+    @property
+    def units_per_outer(self) -> int:
+        return self.num_units // self.num_outer if self.num_outer else 1
+
+    @property
+    def block_size(self) -> int:
+        """Channels per unit in the thinnest member that has several (a head's ``head_dim``)."""
+        ratios = [len(m.positions) // self.num_units for m in self.members if not m.per_outer]
+        ratios = [r for r in ratios if r > 1]
+        return min(ratios) if ratios else 1
+
+    @property
+    def params(self) -> list[str]:
+        return [m.param for m in self.members]
+
+    def member(self, param: str, dim: int | None = None) -> Member:
+        for m in self.members:
+            if m.param == param and (dim is None or m.dim == dim):
+                return m
+        raise KeyError(f"{param} is not a member of group {self.name}")
+
+    def layer_index(self) -> int | None:
+        parts = self.name.split(".")
+        for a, b in zip(parts, parts[1:]):
+            if a in ("layers", "h", "blocks", "layer") and b.isdigit():
+                return int(b)
+        return None
+
+    def __str__(self) -> str:
+        prefix = self.name
+        producers, middles, consumers = [], [], []
+        for m in self.members:
+            text = m.describe(prefix)
+            {"in": consumers, "out": producers}.get(m.side, middles).append(text)
+        left = " + ".join(producers + middles) or "-"
+        right = " + ".join(consumers)
+        body = f"{left} → {right}" if right else left
+        if self.kind == "heads":
+            if self.num_outer and self.num_outer != self.num_units:
+                head = (
+                    f"{self.num_units} heads in {self.num_outer} groups of {self.units_per_outer}"
+                    f" × {self.block_size}"
+                )
+            else:
+                head = f"{self.num_units} heads × {self.block_size}"
+            return f"{_short(prefix)}: {head}: {body}"
+        if not prefix or self.role == "residual":
+            return f"{self.role or 'model'} [{self.num_units}]: {body}"
+        return f"{_short(prefix)}: {body}"
+
+    __repr__ = __str__
+
+
+_BASE_PREFIXES = ("model.", "backbone.", "transformer.")
+
+
+def _short(name: str) -> str:
+    """Drop the base-model attribute so names read like ``layers.3.mlp``."""
+    for p in _BASE_PREFIXES:
+        if name.startswith(p):
+            return name[len(p):]
+    return name
+
+
+def common_prefix(names: list[str]) -> str:
+    """Longest common dotted module prefix of parameter names."""
+    split = [n.split(".")[:-1] for n in names]
+    if not split:
+        return ""
+    out = []
+    for parts in zip(*split):
+        if all(p == parts[0] for p in parts):
+            out.append(parts[0])
+        else:
+            break
+    return ".".join(out)
