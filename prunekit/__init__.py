@@ -1,0 +1,34 @@
+"""prunekit: structured, semi-structured and unstructured pruning for transformers and state-space LMs.
+
+Entry points: :func:`prune` (one call for every method), :func:`trace` (the dependency graph of
+prunable groups), and the modules :mod:`prunekit.models` (offline models), :mod:`prunekit.data`
+(calibration and evaluation text) and :mod:`prunekit.eval` (perplexity, JS divergence).
+"""
+
+from . import data, eval, models
+from .api import prune
+from .core.report import PruneReport
+from .core.scorers import SCORERS, Scorer, register_scorer
+from .core.surgery import SurgeryError, remove, soft_zero
+from .graph import DependencyGraph, Group, Member, UnmappedOpError, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCORERS",
+    "DependencyGraph",
+    "Group",
+    "Member",
+    "PruneReport",
+    "Scorer",
+    "SurgeryError",
+    "UnmappedOpError",
+    "data",
+    "eval",
+    "models",
+    "prune",
+    "register_scorer",
+    "remove",
+    "soft_zero",
+    "trace",
+]

@@ -41,6 +41,8 @@ class Adapter:
     opaque_modules: dict[str, str] = {}
     #: roles whose groups the family's code can shrink along
     supported_roles: tuple[str, ...] = ()
+    #: roles pruned by ``structure="structured"`` when the user names no targets
+    default_structured_roles: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ naming
     def role(self, group: Group, model: torch.nn.Module) -> str:
@@ -69,7 +71,9 @@ class Adapter:
     def before_hidden_change(self, model: torch.nn.Module) -> None:
         """Freeze config values that default to a function of the hidden size (e.g. ``head_dim``)."""
 
-    def on_removed(self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int) -> None:
+    def on_removed(
+        self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int
+    ) -> None:
         """Update counters that cannot be read back from tensor shapes (e.g. Mamba-2's ``n_groups``)."""
 
     def sync(self, model: torch.nn.Module) -> None:
@@ -102,6 +106,7 @@ class GenericAdapter(Adapter):
 
     name = "generic"
     supported_roles = ("channels",)
+    default_structured_roles = ("channels",)
 
     def rejects(self, group: Group, model: torch.nn.Module) -> str | None:
         why = super().rejects(group, model)

@@ -13,6 +13,7 @@ class LlamaAdapter(Adapter):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3")
     supported_roles = ("residual", "attention", "mlp")
+    default_structured_roles = ("attention", "mlp")
 
     def role(self, group: Group, model: torch.nn.Module) -> str:
         base = super().role(group, model)
@@ -53,6 +54,10 @@ class LlamaAdapter(Adapter):
             mlp.intermediate_size = mlp.gate_proj.out_features
             mlp.hidden_size = mlp.gate_proj.in_features
             per_layer.append(
-                {"num_attention_heads": n_q, "num_key_value_heads": n_kv, "intermediate_size": mlp.intermediate_size}
+                {
+                    "num_attention_heads": n_q,
+                    "num_key_value_heads": n_kv,
+                    "intermediate_size": mlp.intermediate_size,
+                }
             )
         self.set_layer_fields(model, per_layer)

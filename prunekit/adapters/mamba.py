@@ -13,6 +13,7 @@ class MambaAdapter(Adapter):
     name = "mamba"
     model_types = ("mamba", "falcon_mamba")
     supported_roles = ("residual", "ssm_inner", "ssm_dt_rank", "ssm_state")
+    default_structured_roles = ("ssm_inner",)
     opaque_modules: dict[str, str] = {}
 
     def role(self, group: Group, model: torch.nn.Module) -> str:

@@ -13,6 +13,7 @@ class Mamba2Adapter(Adapter):
     name = "mamba2"
     model_types = ("mamba2",)
     supported_roles = ("residual", "ssm_heads", "ssm_state")
+    default_structured_roles = ("ssm_heads",)
 
     def role(self, group: Group, model: torch.nn.Module) -> str:
         base = super().role(group, model)
@@ -35,7 +36,9 @@ class Mamba2Adapter(Adapter):
     def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(model.backbone.layers)
 
-    def on_removed(self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int) -> None:
+    def on_removed(
+        self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int
+    ) -> None:
         mix = model.get_submodule(group.name)
         if group.role == "ssm_heads" and group.num_outer:
             mix.n_groups -= removed_outer

@@ -1,0 +1,1 @@
+"""Scores, selection, surgery and reports: everything after the trace."""

@@ -135,7 +135,12 @@ def _make_group(sig, leaves, inner_sig, families, pos_leaves, state, spanned) ->
     n_inner = max(1, len(inner_leaves))
     members: list[Member] = []
     any_multi_slot_outer = False
+    touched = {(f, d) for (f, d, _s, _n) in sig}
+    if inner_sig is not None:
+        touched |= {(f, d) for (f, d, _s, _n) in inner_sig}
     for (fqn, dim), tuples in pos_leaves.items():
+        if (fqn, dim) not in touched:
+            continue
         per_unit: tuple[list, list] = ([], [])
         per_outer: tuple[list, list] = ([], [])
         for p, tup in enumerate(tuples):
@@ -146,7 +151,7 @@ def _make_group(sig, leaves, inner_sig, families, pos_leaves, state, spanned) ->
             if s == 0 and len(tup) > 1:
                 any_multi_slot_outer = True
             unit = unit_of[tup[s]]
-            inner = next((inner_of[leaf] for leaf in tup[s + 1:] if leaf in inner_of), None)
+            inner = next((inner_of[leaf] for leaf in tup[s + 1 :] if leaf in inner_of), None)
             if inner_leaves and inner is None:
                 per_outer[0].append(p)
                 per_outer[1].append(unit)
@@ -156,7 +161,9 @@ def _make_group(sig, leaves, inner_sig, families, pos_leaves, state, spanned) ->
         side = state.sides.get((fqn, dim), "param")
         for (pos, units), outer in ((per_unit, False), (per_outer, True)):
             if pos:
-                members.append(Member(fqn, dim, torch.tensor(pos), torch.tensor(units), per_outer=outer, side=side))
+                members.append(
+                    Member(fqn, dim, torch.tensor(pos), torch.tensor(units), per_outer=outer, side=side)
+                )
     if not members:
         return None
     slots = {s for (_f, _d, s, _n) in sig}

@@ -20,6 +20,10 @@ class DependencyGraph:
     graph: nx.DiGraph
     rejected: list[tuple[Group, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: parameter shapes at trace time: member positions index these, so surgery checks them first
+    param_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: tied parameter name -> the canonical name used in members
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def by_role(self, role: str) -> list[Group]:
         return [g for g in self.groups if g.role == role]
@@ -36,7 +40,9 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def trace(model: torch.nn.Module, example_inputs: torch.Tensor | None = None, adapter=None) -> DependencyGraph:
+def trace(
+    model: torch.nn.Module, example_inputs: torch.Tensor | None = None, adapter=None
+) -> DependencyGraph:
     """Export ``model`` and find every group of channels that must be pruned together.
 
     ``example_inputs`` is a small LongTensor of token ids (default: 5 tokens). The adapter (looked up
@@ -50,7 +56,8 @@ def trace(model: torch.nn.Module, example_inputs: torch.Tensor | None = None, ad
     t0 = time.perf_counter()
     adapter = adapter or get_adapter(model)
     exported = export_model(model, example_inputs)
-    state = propagate(exported, opaque_modules=adapter.opaque_modules, aliases=_aliases(model))
+    aliases = _aliases(model)
+    state = propagate(exported, opaque_modules=adapter.opaque_modules, aliases=aliases)
     groups, pinned = build_groups(state)
     accepted, rejected = [], [(g, f"pinned: {why}") for g, why in pinned]
     for g in groups:
@@ -60,7 +67,8 @@ def trace(model: torch.nn.Module, example_inputs: torch.Tensor | None = None, ad
             rejected.append((g, why))
         else:
             accepted.append(g)
-    return DependencyGraph(accepted, state.graph, rejected, time.perf_counter() - t0)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return DependencyGraph(accepted, state.graph, rejected, time.perf_counter() - t0, shapes, aliases)
 
 
 def _aliases(model: torch.nn.Module) -> dict[str, str]:

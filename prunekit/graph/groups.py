@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -34,7 +34,7 @@ class Member:
 
     def describe(self, prefix: str) -> str:
         mod = self.module
-        rel = mod[len(prefix) + 1:] if prefix and mod.startswith(prefix + ".") else _short(mod)
+        rel = mod[len(prefix) + 1 :] if prefix and mod.startswith(prefix + ".") else _short(mod)
         if mod == prefix:
             rel = ""
         attr = "" if self.attr == "weight" else self.attr
@@ -123,7 +123,7 @@ def _short(name: str) -> str:
     """Drop the base-model attribute so names read like ``layers.3.mlp``."""
     for p in _BASE_PREFIXES:
         if name.startswith(p):
-            return name[len(p):]
+            return name[len(p) :]
     return name
 
 

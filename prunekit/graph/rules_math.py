@@ -18,18 +18,81 @@ from .ops import (
 )
 
 _ELEMENTWISE = (
-    "aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div", "aten.neg", "aten.exp", "aten.log",
-    "aten.silu", "aten.gelu", "aten.relu", "aten.sigmoid", "aten.tanh", "aten.softplus", "aten.pow",
-    "aten.rsqrt", "aten.sqrt", "aten.clamp", "aten.clip", "aten.abs", "aten.maximum", "aten.minimum",
-    "aten.erf", "aten.sin", "aten.cos", "aten.reciprocal", "aten.square", "aten.log1p", "aten.expm1",
-    "aten.where", "aten.masked_fill", "aten.eq", "aten.ne", "aten.lt", "aten.le", "aten.gt", "aten.ge",
-    "aten.logical_not", "aten.logical_and", "aten.logical_or", "aten.bitwise_not", "aten.bitwise_and",
-    "aten.bitwise_or", "aten.__and__", "aten.__or__", "aten.sign", "aten.floor", "aten.ceil",
-    "aten.round", "aten.hardtanh", "aten.leaky_relu", "aten.elu", "aten.mish", "aten.hardswish",
-    "aten.hardsigmoid", "aten.logit", "aten.lerp", "aten.addcmul", "aten.addcdiv", "aten.fmod",
-    "aten.remainder", "aten.isnan", "aten.isinf", "aten.nan_to_num", "aten.glu_backward", "aten.exp2",
-    "aten.log2", "aten.relu6", "aten.gelu_backward", "aten.float_power", "aten.true_divide",
-    "aten.floor_divide", "aten.sigmoid_backward", "aten.copy", "aten.fill",
+    "aten.add",
+    "aten.sub",
+    "aten.rsub",
+    "aten.mul",
+    "aten.div",
+    "aten.neg",
+    "aten.exp",
+    "aten.log",
+    "aten.silu",
+    "aten.gelu",
+    "aten.relu",
+    "aten.sigmoid",
+    "aten.tanh",
+    "aten.softplus",
+    "aten.pow",
+    "aten.rsqrt",
+    "aten.sqrt",
+    "aten.clamp",
+    "aten.clip",
+    "aten.abs",
+    "aten.maximum",
+    "aten.minimum",
+    "aten.erf",
+    "aten.sin",
+    "aten.cos",
+    "aten.reciprocal",
+    "aten.square",
+    "aten.log1p",
+    "aten.expm1",
+    "aten.where",
+    "aten.masked_fill",
+    "aten.eq",
+    "aten.ne",
+    "aten.lt",
+    "aten.le",
+    "aten.gt",
+    "aten.ge",
+    "aten.logical_not",
+    "aten.logical_and",
+    "aten.logical_or",
+    "aten.bitwise_not",
+    "aten.bitwise_and",
+    "aten.bitwise_or",
+    "aten.__and__",
+    "aten.__or__",
+    "aten.sign",
+    "aten.floor",
+    "aten.ceil",
+    "aten.round",
+    "aten.hardtanh",
+    "aten.leaky_relu",
+    "aten.elu",
+    "aten.mish",
+    "aten.hardswish",
+    "aten.hardsigmoid",
+    "aten.logit",
+    "aten.lerp",
+    "aten.addcmul",
+    "aten.addcdiv",
+    "aten.fmod",
+    "aten.remainder",
+    "aten.isnan",
+    "aten.isinf",
+    "aten.nan_to_num",
+    "aten.glu_backward",
+    "aten.exp2",
+    "aten.log2",
+    "aten.relu6",
+    "aten.gelu_backward",
+    "aten.float_power",
+    "aten.true_divide",
+    "aten.floor_divide",
+    "aten.sigmoid_backward",
+    "aten.copy",
+    "aten.fill",
 )
 
 
@@ -48,9 +111,24 @@ def _reduced_dims(ctx: OpContext, rank: int) -> list[int]:
 
 
 @register(
-    "aten.mean", "aten.sum", "aten.var", "aten.std", "aten.amax", "aten.amin", "aten.prod",
-    "aten.logsumexp", "aten.linalg_vector_norm", "aten.norm", "aten.var_mean", "aten.max", "aten.min",
-    "aten.argmax", "aten.argmin", "aten.any", "aten.all", "aten.count_nonzero",
+    "aten.mean",
+    "aten.sum",
+    "aten.var",
+    "aten.std",
+    "aten.amax",
+    "aten.amin",
+    "aten.prod",
+    "aten.logsumexp",
+    "aten.linalg_vector_norm",
+    "aten.norm",
+    "aten.var_mean",
+    "aten.max",
+    "aten.min",
+    "aten.argmax",
+    "aten.argmin",
+    "aten.any",
+    "aten.all",
+    "aten.count_nonzero",
 )
 def _reduction(ctx: OpContext):
     src = ctx.arg(0)
@@ -83,8 +161,16 @@ def _softmax(ctx: OpContext):
     return labels
 
 
-@register("aten.cumsum", "aten.cumprod", "aten.cummax", "aten.cummin", "aten.logcumsumexp", "aten.sort",
-          "aten.topk", "aten.diff")
+@register(
+    "aten.cumsum",
+    "aten.cumprod",
+    "aten.cummax",
+    "aten.cummin",
+    "aten.logcumsumexp",
+    "aten.sort",
+    "aten.topk",
+    "aten.diff",
+)
 def _scan(ctx: OpContext):
     labels = list(ctx.labels_of(ctx.arg(0)))
     rank = len(labels)
@@ -126,7 +212,7 @@ def _expand_ellipsis(eq: str, ranks: list[int]) -> tuple[list[str], str]:
     for s, r in zip(subs, ranks):
         if "..." in s:
             n = r - len(s.replace("...", ""))
-            s = s.replace("...", ell[ell_len - n:])
+            s = s.replace("...", ell[ell_len - n :])
         out_subs.append(s)
     if not _:
         rhs = "".join(sorted(c for c in set("".join(out_subs)) if "".join(out_subs).count(c) == 1))
@@ -166,7 +252,7 @@ def _matmul_subs(ra: int, rb: int) -> tuple[str, str, str]:
         return batch + "MK", "K", batch + "M"
     nb = max(ra, rb) - 2
     batch = letters[:nb]
-    return batch[nb - (ra - 2):] + "MK", batch[nb - (rb - 2):] + "KN", batch + "MN"
+    return batch[nb - (ra - 2) :] + "MK", batch[nb - (rb - 2) :] + "KN", batch + "MN"
 
 
 @register("aten.matmul", "aten.mm", "aten.bmm")
@@ -243,8 +329,12 @@ def _sdpa(ctx: OpContext):
     hq, hk = qs[-3], ks[-3]
     if hq != hk:
         reps = hq // hk
-        kl[-3] = ctx.algebra.merge([kl[-3], None], [hk, reps], origin=ctx.where()) if is_labeled(kl[-3]) else None
-        vl[-3] = ctx.algebra.merge([vl[-3], None], [hk, reps], origin=ctx.where()) if is_labeled(vl[-3]) else None
+        kl[-3] = (
+            ctx.algebra.merge([kl[-3], None], [hk, reps], origin=ctx.where()) if is_labeled(kl[-3]) else None
+        )
+        vl[-3] = (
+            ctx.algebra.merge([vl[-3], None], [hk, reps], origin=ctx.where()) if is_labeled(vl[-3]) else None
+        )
     ql = ctx.labels_of(q)
     rank = len(qs)
     batch = "abcd"[: rank - 3]
@@ -258,7 +348,7 @@ def _sdpa(ctx: OpContext):
         scores.setdefault(letter, []).append((lab, size))
     if is_tensor_node(mask):
         ms = ctx.shape(mask)
-        for letter, lab, size in zip((batch + "hls")[-len(ms):], ctx.labels_of(mask), ms):
+        for letter, lab, size in zip((batch + "hls")[-len(ms) :], ctx.labels_of(mask), ms):
             scores.setdefault(letter, []).append((lab, size))
     merged = {letter: combine(ctx, e, f"index '{letter}'") for letter, e in scores.items()}
     record_span(ctx, merged.get("s"))

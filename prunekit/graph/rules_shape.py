@@ -16,10 +16,24 @@ from .ops import (
 )
 
 _PASS_THROUGH = (
-    "aten.alias", "aten.clone", "aten.contiguous", "aten.detach", "aten.to", "aten._to_copy",
-    "aten.lift_fresh_copy", "aten.dropout", "aten.type_as", "aten.zeros_like", "aten.ones_like",
-    "aten.empty_like", "aten.full_like", "aten.native_dropout", "aten.view_as", "aten.clamp_min",
-    "aten.feature_dropout", "aten.alpha_dropout",
+    "aten.alias",
+    "aten.clone",
+    "aten.contiguous",
+    "aten.detach",
+    "aten.to",
+    "aten._to_copy",
+    "aten.lift_fresh_copy",
+    "aten.dropout",
+    "aten.type_as",
+    "aten.zeros_like",
+    "aten.ones_like",
+    "aten.empty_like",
+    "aten.full_like",
+    "aten.native_dropout",
+    "aten.view_as",
+    "aten.clamp_min",
+    "aten.feature_dropout",
+    "aten.alpha_dropout",
 )
 
 
@@ -161,7 +175,7 @@ def _narrow(ctx: OpContext):
     dim = norm_dim(ctx.arg(1), len(shape))
     if is_labeled(labels[dim]):
         start, length = ctx.arg(2), ctx.arg(3)
-        labels[dim] = labels[dim][start:start + length]
+        labels[dim] = labels[dim][start : start + length]
     return labels
 
 
@@ -184,7 +198,7 @@ def _split_pieces(ctx: OpContext, sizes: list[int], dim: int):
     for s in sizes:
         piece = list(labels)
         if is_labeled(labels[dim]):
-            sub = labels[dim][pos:pos + s]
+            sub = labels[dim][pos : pos + s]
             piece[dim] = sub if s > 1 else None
         pos += s
         outs.append(piece)
@@ -330,8 +344,17 @@ def _tri(ctx: OpContext):
 
 
 _FACTORIES = (
-    "aten.zeros", "aten.ones", "aten.full", "aten.empty", "aten.new_zeros", "aten.new_ones",
-    "aten.new_full", "aten.new_empty", "aten.rand", "aten.randn", "aten.empty_strided",
+    "aten.zeros",
+    "aten.ones",
+    "aten.full",
+    "aten.empty",
+    "aten.new_zeros",
+    "aten.new_ones",
+    "aten.new_full",
+    "aten.new_empty",
+    "aten.rand",
+    "aten.randn",
+    "aten.empty_strided",
     "aten.scalar_tensor",
 )
 

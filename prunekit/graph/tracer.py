@@ -20,8 +20,15 @@ from . import rules_math, rules_shape  # noqa: F401  (register the op rules)
 from .labels import WILD, LabelAlgebra
 from .ops import HANDLERS, OpContext, UnmappedOpError, is_labeled, is_tensor_node, op_name
 
-IGNORED_OPS = {"aten._assert_tensor_metadata", "aten.sym_size", "aten._assert_async", "aten.sym_constrain_range",
-               "aten._assert_scalar", "aten.sym_constrain_range_for_size", "aten._local_scalar_dense"}
+IGNORED_OPS = {
+    "aten._assert_tensor_metadata",
+    "aten.sym_size",
+    "aten._assert_async",
+    "aten.sym_constrain_range",
+    "aten._assert_scalar",
+    "aten.sym_constrain_range_for_size",
+    "aten._local_scalar_dense",
+}
 
 
 @dataclass
@@ -118,7 +125,7 @@ def propagate(
             continue
         if node.op == "output":
             outs = node.args[0]
-            for out in (outs if isinstance(outs, (tuple, list)) else [outs]):
+            for out in outs if isinstance(outs, (tuple, list)) else [outs]:
                 for lab in labels_of(out) or []:
                     if is_labeled(lab):
                         algebra.uf.pin(lab, "appears in the model's output")
@@ -150,7 +157,7 @@ def propagate(
                 )
             for inp in node.all_input_nodes:
                 lab = labels_of(inp)
-                for entry in (lab if isinstance(lab, list) else []):
+                for entry in lab if isinstance(lab, list) else []:
                     if is_labeled(entry):
                         algebra.uf.pin(entry, f"consumed by opaque op {node.target} in '{module}' ({opaque})")
             labels[node.name] = _unlabeled(node)
@@ -162,8 +169,12 @@ def propagate(
     )
 
 
-_PRODUCER_DIM = {"aten.linear": (1, {0: "out", 1: "in"}), "aten.embedding": (0, {1: "out"}),
-                 "aten.conv1d": (1, {0: "out", 1: "in"}), "aten.convolution": (1, {0: "out", 1: "in"})}
+_PRODUCER_DIM = {
+    "aten.linear": (1, {0: "out", 1: "in"}),
+    "aten.embedding": (0, {1: "out"}),
+    "aten.conv1d": (1, {0: "out", 1: "in"}),
+    "aten.convolution": (1, {0: "out", 1: "in"}),
+}
 
 
 def _note_sides(node, name: str, to_param: dict, sides: dict) -> None:

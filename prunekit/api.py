@@ -1,0 +1,180 @@
+"""``prunekit.prune``: one call for every method and structure.
+
+The call is split in two phases so that no bad input can leave a half-pruned model: *plan* validates
+every argument, traces the model when it needs the groups, scores and decides everything; only then
+does *apply* write to the weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import get_adapter
+from .core.report import LayerRow, PruneReport, count_params, short_layer_name
+from .core.scorers import get_scorer
+from .core.select import NM, parse_structure, units_to_drop, unstructured_mask
+from .core.select import nm_mask as _nm_mask
+from .core.surgery import check_units, remove, soft_zero
+from .core.targets import group_targets, weight_targets
+
+#: options the pruner itself understands (the rest go to the scorer)
+PRUNER_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "granularity": ("matrix", "row"),
+    "gqa": ("heads", "groups"),
+    "mode": ("hard", "soft"),
+    "progress": (False, True),
+}
+
+
+def validate_calibration(calibration: Any, model: torch.nn.Module) -> torch.Tensor | None:
+    """Token ids as a LongTensor ``[N, L]`` whose ids exist in the model's vocabulary."""
+    if calibration is None:
+        return None
+    if not isinstance(calibration, torch.Tensor):
+        raise TypeError(
+            f"calibration must be a LongTensor of token ids [N, L], got {type(calibration).__name__}"
+        )
+    if calibration.dtype != torch.long:
+        raise TypeError(f"calibration must hold int64 token ids, got dtype {calibration.dtype}")
+    if calibration.dim() != 2 or calibration.shape[0] < 1 or calibration.shape[1] < 1:
+        raise ValueError(f"calibration must have shape [N, L] with N, L >= 1, got {tuple(calibration.shape)}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab and (int(calibration.min()) < 0 or int(calibration.max()) >= vocab):
+        raise ValueError(
+            f"calibration ids must lie in [0, {vocab}) (the model's vocabulary), "
+            f"got range [{int(calibration.min())}, {int(calibration.max())}]"
+        )
+    return calibration
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pruner = {k: PRUNER_OPTIONS[k][0] for k in PRUNER_OPTIONS}
+    scorer = {}
+    for key, value in options.items():
+        if key in PRUNER_OPTIONS:
+            if value not in PRUNER_OPTIONS[key]:
+                raise ValueError(f"option {key}={value!r} is not one of {PRUNER_OPTIONS[key]}")
+            pruner[key] = value
+        else:
+            scorer[key] = value
+    return pruner, scorer
+
+
+def prune(
+    model: torch.nn.Module,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    structure: str = "unstructured",
+    calibration: torch.Tensor | None = None,
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
+    **options: Any,
+) -> PruneReport:
+    """Prune ``model`` in place and return a per-layer :class:`PruneReport`.
+
+    ``structure`` is ``"unstructured"``, an N:M pattern such as ``"2:4"`` (N of every M consecutive
+    input weights of a row are zeroed), or ``"structured"`` (whole channels and heads are removed, so
+    the model shrinks). ``sparsity`` is the fraction removed: of each targeted matrix (or row, with
+    ``granularity="row"``), or of each targeted group's units for structured pruning.
+    ``targets``/``ignore`` take module names (unstructured) or group roles/names (structured), as
+    names, dotted suffixes or ``"re:"`` regular expressions.
+
+    Pruner options: ``granularity`` ("matrix" | "row"), ``gqa`` ("heads": the same number of query
+    heads from every KV group, "groups": whole KV groups), ``mode`` ("hard" removes, "soft" zeroes),
+    ``progress`` (bool). Any other keyword goes to the method's scorer, which refuses unknown ones.
+    Every argument is checked before the model is touched: on error the model is unchanged.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must lie in [0, 1), got {sparsity}")
+    sparsity = float(sparsity)
+    pattern = parse_structure(structure)
+    pruner_opts, scorer_opts = _split_options(options)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    scorer = get_scorer(method, **scorer_opts)
+    kind = "N:M" if isinstance(pattern, NM) else pattern
+    if kind not in scorer.structures:
+        raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
+    calibration = validate_calibration(calibration, model)
+    if scorer.needs and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(scorer.needs)})")
+
+    adapter = get_adapter(model)
+    layer_names = _layer_names(model, adapter)
+    before = count_params(model, layer_names)
+    report = PruneReport(method, str(pattern), sparsity, [], options={**pruner_opts, **scorer.config})
+    progress = pruner_opts["progress"]
+    if kind == "structured":
+        targeted_weights: dict[str, torch.nn.Module] = {}
+        _prune_structured(model, adapter, scorer, sparsity, targets, ignore, pruner_opts, report, progress)
+    else:
+        targeted_weights = weight_targets(model, adapter.layers(model), targets, ignore)
+        _prune_masked(targeted_weights, scorer, sparsity, pattern, pruner_opts, report, progress)
+
+    after = count_params(model, layer_names)
+    for name in [*layer_names, "(other)"]:
+        row = LayerRow(short_layer_name(name), before[name], after[name])
+        for wname, mod in targeted_weights.items():
+            if (
+                name == "(other)" and not any(wname.startswith(ln + ".") for ln in layer_names)
+            ) or wname.startswith(name + "."):
+                row.targeted += mod.weight.numel()
+                row.zeros += int((mod.weight == 0).sum())
+        report.rows.append(row)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _layer_names(model: torch.nn.Module, adapter) -> list[str]:
+    ids = {id(m) for m in adapter.layers(model)}
+    return [name for name, mod in model.named_modules() if id(mod) in ids]
+
+
+def _prune_masked(targeted, scorer, sparsity, pattern, opts, report, progress) -> None:
+    if isinstance(pattern, NM):
+        for name, mod in targeted.items():
+            cols = mod.weight[0].numel()
+            if cols % pattern.m:
+                raise ValueError(
+                    f"N:M {pattern}: {name} has {cols} inputs per row, not a multiple of {pattern.m}"
+                )
+    masks = {}
+    for name, mod in tqdm(targeted.items(), desc="scoring", disable=not progress):
+        scores = scorer.weight_scores(mod.weight, None)
+        if isinstance(pattern, NM):
+            masks[name] = _nm_mask(scores, pattern)
+        else:
+            masks[name] = unstructured_mask(scores, sparsity, per_row=opts["granularity"] == "row")
+    with torch.no_grad():
+        for name, mask in masks.items():
+            targeted[name].weight.masked_fill_(mask.to(targeted[name].weight.device), 0.0)
+            report.masks[f"{name}.weight"] = mask
+
+
+def _prune_structured(model, adapter, scorer, sparsity, targets, ignore, opts, report, progress) -> None:
+    from .graph import trace
+
+    graph = trace(model, adapter=adapter)
+    report.skipped = [f"{g.name or g.role}: {why}" for g, why in graph.rejected]
+    groups = group_targets(graph.groups, adapter.default_structured_roles, targets, ignore)
+    decision = []
+    for group in tqdm(groups, desc="scoring groups", disable=not progress):
+        weights = {p: model.get_parameter(p) for p in group.params}
+        scores = scorer.unit_scores(group, weights, None)
+        units = check_units(group, units_to_drop(group, scores, sparsity, gqa=opts["gqa"]))
+        decision.append((group, units))
+        report.removed[f"{short_layer_name(group.name) or group.role} ({group.role})"] = units.tolist()
+    if opts["mode"] == "hard":
+        remove(model, decision, adapter=adapter, shapes=graph.param_shapes)
+    else:
+        soft_zero(model, decision, shapes=graph.param_shapes)

@@ -1,0 +1,110 @@
+"""The ``prunekit`` command: ``graph`` prints a model's prunable groups, ``prune`` prunes and measures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="known model name or local HF directory")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunekit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("graph", help="trace a model and print its prunable groups")
+    _common(g)
+    g.add_argument("--rejected", action="store_true", help="also list groups the family cannot shrink")
+
+    p = sub.add_parser("prune", help="prune a model and report per-layer sparsity and perplexity")
+    _common(p)
+    p.add_argument("--method", default="magnitude")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--structure", default="unstructured", help="unstructured | structured | N:M (e.g. 2:4)")
+    p.add_argument("--granularity", choices=("matrix", "row"), default="matrix")
+    p.add_argument("--gqa", choices=("heads", "groups"), default="heads")
+    p.add_argument("--mode", choices=("hard", "soft"), default="hard", help="structured: remove or zero")
+    p.add_argument("--targets", nargs="*", default=None, help="names, suffixes or re: patterns (or roles)")
+    p.add_argument("--ignore", nargs="*", default=None)
+    p.add_argument("--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
+    p.add_argument("--out", default=None, help="directory to save the pruned model, tokenizer and report")
+    return parser
+
+
+def _graph(args) -> int:
+    from .graph import trace
+    from .models import load
+
+    model, _tok = load(args.model)
+    graph = trace(model)
+    print(f"{args.model}: {len(graph.groups)} prunable groups (traced in {graph.seconds:.1f} s)")
+    for group in graph.groups:
+        print(f"  [{group.role}] {group}")
+    if args.rejected:
+        print(f"{len(graph.rejected)} groups not prunable:")
+        for group, why in graph.rejected:
+            print(f"  {group.name or group.role}: {why}")
+    return 0
+
+
+def _prune(args) -> int:
+    import prunekit
+    from prunekit.data import calibration_ids, eval_windows
+    from prunekit.eval import perplexity
+
+    model, tok = prunekit.models.load(args.model)
+    calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
+    windows = None
+    if not args.no_eval:
+        windows = eval_windows(tok, seq_len=args.seq_len, max_windows=args.eval_windows, source=args.text)
+        dense_ppl = perplexity(model, windows, progress=True)
+    report = prunekit.prune(
+        model,
+        method=args.method,
+        sparsity=args.sparsity,
+        structure=args.structure,
+        calibration=calibration,
+        targets=args.targets,
+        ignore=args.ignore,
+        granularity=args.granularity,
+        gqa=args.gqa,
+        mode=args.mode,
+        progress=True,
+    )
+    print(report)
+    summary = report.to_dict()
+    if windows is not None:
+        pruned_ppl = perplexity(model, windows, progress=True)
+        summary.update(ppl_dense=dense_ppl, ppl_pruned=pruned_ppl, eval_tokens=int(windows.numel()))
+        print(
+            f"perplexity on {windows.shape[0]} windows x {windows.shape[1]} tokens: "
+            f"dense {dense_ppl:.3f} -> pruned {pruned_ppl:.3f} ({pruned_ppl / dense_ppl:.2f}x)"
+        )
+    if args.out:
+        out = Path(args.out)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        (out / "prune_report.json").write_text(json.dumps(summary, indent=2))
+        print(f"saved to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"graph": _graph, "prune": _prune}[args.command](args)
+    except (ValueError, TypeError, ImportError) as err:
+        print(f"prunekit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

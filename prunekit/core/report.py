@@ -1,0 +1,143 @@
+"""What a prune call did, per layer, in numbers a user can check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class LayerRow:
+    """One block (or ``(other)``: embeddings, final norm, untied head) before and after pruning."""
+
+    name: str
+    params_before: int
+    params_after: int
+    targeted: int = 0
+    zeros: int = 0
+
+    @property
+    def sparsity(self) -> float:
+        """Share of the targeted weights that are zero (masks) or of the block's parameters that left."""
+        if self.targeted:
+            return self.zeros / self.targeted
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+
+@dataclass
+class PruneReport:
+    method: str
+    structure: str
+    sparsity: float
+    rows: list[LayerRow]
+    seconds: float = 0.0
+    #: weight name -> bool mask (True = pruned) for unstructured and N:M
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: group name -> sorted removed unit indices for structured pruning
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    #: groups the trace found but the family cannot shrink, with the reason
+    skipped: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_before(self) -> int:
+        return sum(r.params_before for r in self.rows)
+
+    @property
+    def params_after(self) -> int:
+        return sum(r.params_after for r in self.rows)
+
+    @property
+    def achieved(self) -> float:
+        """Zero share of targeted weights (masks), or the share of block parameters removed (structured)."""
+        targeted = sum(r.targeted for r in self.rows)
+        if targeted:
+            return sum(r.zeros for r in self.rows) / targeted
+        blocks = [r for r in self.rows if r.name != "(other)"]
+        before = sum(r.params_before for r in blocks)
+        return 1.0 - sum(r.params_after for r in blocks) / before if before else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "structure": self.structure,
+            "sparsity": self.sparsity,
+            "achieved": self.achieved,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "seconds": self.seconds,
+            "options": {k: v for k, v in self.options.items() if isinstance(v, (int, float, str, bool))},
+            "layers": [
+                {
+                    "name": r.name,
+                    "params_before": r.params_before,
+                    "params_after": r.params_after,
+                    "targeted": r.targeted,
+                    "zeros": r.zeros,
+                    "sparsity": r.sparsity,
+                }
+                for r in self.rows
+            ],
+            "removed": self.removed,
+        }
+
+    def __str__(self) -> str:
+        head = (
+            f"prunekit {self.method} · {self.structure} · requested {self.sparsity:.3f} · "
+            f"achieved {self.achieved:.4f} · {self.seconds:.1f} s"
+        )
+        cols = ("layer", "params before", "params after", "targeted", "zeros", "sparsity")
+        body = [
+            (
+                r.name,
+                f"{r.params_before:,}",
+                f"{r.params_after:,}",
+                f"{r.targeted:,}",
+                f"{r.zeros:,}",
+                f"{r.sparsity:.4f}",
+            )
+            for r in self.rows
+        ]
+        total_t = sum(r.targeted for r in self.rows)
+        body.append(
+            (
+                "total",
+                f"{self.params_before:,}",
+                f"{self.params_after:,}",
+                f"{total_t:,}",
+                f"{sum(r.zeros for r in self.rows):,}",
+                f"{self.achieved:.4f}",
+            )
+        )
+        widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(cols)]
+        fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+        lines = [head, fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*row) for row in body]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} group(s) not prunable in this family (see report.skipped)")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def count_params(model: torch.nn.Module, layer_names: list[str]) -> dict[str, int]:
+    """Parameter count per block name, plus ``(other)``; tied weights count once."""
+    counts = {name: 0 for name in layer_names}
+    counts["(other)"] = 0
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        row = next((ln for ln in layer_names if name.startswith(ln + ".")), "(other)")
+        counts[row] += p.numel()
+    return counts
+
+
+def short_layer_name(name: str) -> str:
+    for prefix in ("model.", "backbone.", "transformer."):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name

@@ -1,0 +1,104 @@
+"""From scores to decisions: which weights (masks) or which units (structured) to remove.
+
+All selectors remove the *lowest* scores and break ties by position (a stable sort), so results are
+deterministic and exactly sized: ``int(n * sparsity)`` weights per matrix or per row, ``N`` of every
+``M`` consecutive weights of a row for N:M.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..graph.groups import Group
+
+GQA_POLICIES = ("heads", "groups")
+
+
+@dataclass(frozen=True)
+class NM:
+    """Semi-structured pattern: ``n`` of every ``m`` consecutive weights along a row are pruned."""
+
+    n: int
+    m: int
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def parse_structure(structure: str) -> str | NM:
+    """``"unstructured"``, ``"structured"`` or an N:M pattern such as ``"2:4"`` (validated)."""
+    if not isinstance(structure, str):
+        raise TypeError(f"structure must be a string, got {type(structure).__name__}")
+    if structure in ("unstructured", "structured"):
+        return structure
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", structure)
+    if not match:
+        raise ValueError(
+            f"structure must be 'unstructured', 'structured' or 'N:M' like '2:4', got {structure!r}"
+        )
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ValueError(f"N:M needs 0 < N < M, got {structure!r}")
+    return NM(n, m)
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask (last dim) of the ``k`` lowest scores in every row; ties go to the lower index."""
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    # O(n) instead of a full sort: everything below the k-th value, then the first ties by index
+    kth = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    below = scores < kth
+    need = k - below.sum(dim=-1, keepdim=True)
+    ties = scores == kth
+    return below | (ties & (torch.cumsum(ties, dim=-1) <= need))
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
+    """Mask (True = prune) of ``int(n * sparsity)`` lowest scores per matrix, or per output row."""
+    if per_row:
+        rows = scores.reshape(scores.shape[0], -1)
+        return _lowest(rows, int(rows.shape[1] * sparsity)).reshape(scores.shape)
+    flat = scores.reshape(-1)
+    return _lowest(flat, int(flat.numel() * sparsity)).reshape(scores.shape)
+
+
+def nm_mask(scores: torch.Tensor, pattern: NM) -> torch.Tensor:
+    """Mask (True = prune) of the ``n`` lowest scores in every block of ``m`` consecutive inputs."""
+    rows = scores.reshape(scores.shape[0], -1)
+    cols = rows.shape[1]
+    if cols % pattern.m:
+        raise ValueError(f"N:M {pattern} needs the input size to be a multiple of {pattern.m}, got {cols}")
+    blocks = rows.reshape(rows.shape[0], cols // pattern.m, pattern.m)
+    return _lowest(blocks, pattern.n).reshape(scores.shape)
+
+
+def units_to_drop(group: Group, scores: torch.Tensor, sparsity: float, gqa: str = "heads") -> torch.Tensor:
+    """Lowest-scoring units of one group at ``sparsity`` (nearest count, at least one unit kept).
+
+    Grouped heads (GQA, Mamba-2 B/C groups) follow ``gqa``: ``"heads"`` drops the same number of query
+    heads inside every KV group (KV heads stay), ``"groups"`` drops whole KV groups with their query
+    heads, ranked by the sum of their heads' scores.
+    """
+    if gqa not in GQA_POLICIES:
+        raise ValueError(f"gqa policy must be one of {GQA_POLICIES}, got {gqa!r}")
+    if scores.shape != (group.num_units,):
+        raise ValueError(
+            f"{group.name}: expected {group.num_units} unit scores, got shape {tuple(scores.shape)}"
+        )
+    if group.num_outer and group.num_outer != group.num_units:
+        per = group.units_per_outer
+        grid = scores.reshape(group.num_outer, per)
+        if gqa == "groups":
+            k = min(int(group.num_outer * sparsity + 0.5), group.num_outer - 1)
+            outers = _lowest(grid.sum(1).double(), k)
+            chosen = outers.unsqueeze(1).expand(-1, per)
+        else:
+            k = min(int(per * sparsity + 0.5), per - 1)
+            chosen = _lowest(grid, k)
+        return torch.nonzero(chosen.reshape(-1)).flatten()
+    k = min(int(group.num_units * sparsity + 0.5), group.num_units - 1)
+    return torch.nonzero(_lowest(scores, k)).flatten()
