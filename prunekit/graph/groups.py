@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -97,8 +98,8 @@ class Group:
         for m in self.members:
             text = m.describe(prefix)
             {"in": consumers, "out": producers}.get(m.side, middles).append(text)
-        left = " + ".join(producers + middles) or "-"
-        right = " + ".join(consumers)
+        left = " + ".join(_collapse(producers + middles)) or "-"
+        right = " + ".join(_collapse(consumers))
         body = f"{left} → {right}" if right else left
         if self.kind == "heads":
             if self.num_outer and self.num_outer != self.num_units:
@@ -117,6 +118,15 @@ class Group:
 
 
 _BASE_PREFIXES = ("model.", "backbone.", "transformer.")
+
+
+def _collapse(texts: list[str]) -> list[str]:
+    """Fold the same member repeated across layers into one entry: ``layers.*.norm[576] ×30``."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        key = re.sub(r"(^|\.)(layers|h|blocks)\.\d+\.", r"\1\2.*.", text)
+        counts[key] = counts.get(key, 0) + 1
+    return [f"{k} ×{n}" if n > 1 else k for k, n in counts.items()]
 
 
 def _short(name: str) -> str:
