@@ -17,24 +17,84 @@ from tqdm.auto import tqdm
 from .adapters import get_adapter
 from .core.report import LayerRow, PruneReport, count_params, short_layer_name
 from .core.scorers import get_scorer
-from .core.select import NM, parse_structure, units_to_drop, unstructured_mask
-from .core.select import nm_mask as _nm_mask
+from .core.select import NM, parse_structure, units_to_drop
 from .core.surgery import check_units, remove, soft_zero
 from .core.targets import group_targets, weight_targets
+from .core.unstructured import prune_unstructured
 
-#: options the pruner itself understands (the rest go to the scorer)
-PRUNER_OPTIONS: dict[str, tuple[Any, ...]] = {
-    "granularity": ("matrix", "row"),
-    "gqa": ("heads", "groups"),
-    "mode": ("hard", "soft"),
-    "progress": (False, True),
+
+def _choice(*allowed):
+    def check(key, value):
+        if value not in allowed:
+            raise ValueError(f"option {key}={value!r} is not one of {allowed}")
+        return value
+
+    return check
+
+
+def _number(lo: float, hi: float, integer: bool = False):
+    def check(key, value):
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or not lo <= value <= hi:
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"option {key} must be {kind} in [{lo}, {hi}], got {value!r}")
+        return value
+
+    return check
+
+
+def _anything(_key, value):
+    return value
+
+
+#: options the pruner itself understands: name -> (default, validator); the rest go to the scorer
+PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "granularity": (None, _choice(None, "matrix", "row")),
+    "gqa": ("heads", _choice("heads", "groups")),
+    "mode": ("hard", _choice("hard", "soft")),
+    "progress": (False, _choice(False, True)),
+    "allocation": ("uniform", _choice("uniform", "owl")),
+    "owl_lambda": (0.08, _number(0.0, 0.99)),
+    "owl_m": (5.0, _number(0.0, 1e6)),
+    "calibration_mode": ("sequential", _choice("sequential", "dense")),
+    "batch_size": (8, _number(1, 1 << 20, integer=True)),
+    "tokenizer": (None, _anything),
+    "n_samples": (32, _number(1, 1 << 20, integer=True)),
+    "seq_len": (256, _number(2, 1 << 20, integer=True)),
+    "seed": (0, _number(0, 1 << 62, integer=True)),
+    "text_column": ("text", _anything),
 }
 
 
-def validate_calibration(calibration: Any, model: torch.nn.Module) -> torch.Tensor | None:
-    """Token ids as a LongTensor ``[N, L]`` whose ids exist in the model's vocabulary."""
+def validate_calibration(
+    calibration: Any, model: torch.nn.Module, opts: dict | None = None
+) -> torch.Tensor | None:
+    """Token ids as a LongTensor ``[N, L]`` whose ids exist in the model's vocabulary.
+
+    A list of strings or a ``datasets.Dataset`` is tokenized first (``opts`` carries ``tokenizer``,
+    ``n_samples``, ``seq_len``, ``seed`` and ``text_column``).
+    """
     if calibration is None:
         return None
+    if not isinstance(calibration, torch.Tensor) and (
+        hasattr(calibration, "column_names")
+        or (
+            isinstance(calibration, (list, tuple))
+            and calibration
+            and all(isinstance(t, str) for t in calibration)
+        )
+    ):
+        from .data import calibration_from_texts
+
+        opts = opts or {}
+        calibration = calibration_from_texts(
+            calibration,
+            opts.get("tokenizer"),
+            n_samples=opts.get("n_samples", 32),
+            seq_len=opts.get("seq_len", 256),
+            seed=opts.get("seed", 0),
+            text_column=opts.get("text_column", "text"),
+        )
     if not isinstance(calibration, torch.Tensor):
         raise TypeError(
             f"calibration must be a LongTensor of token ids [N, L], got {type(calibration).__name__}"
@@ -53,13 +113,11 @@ def validate_calibration(calibration: Any, model: torch.nn.Module) -> torch.Tens
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    pruner = {k: PRUNER_OPTIONS[k][0] for k in PRUNER_OPTIONS}
+    pruner = {k: default for k, (default, _check) in PRUNER_OPTIONS.items()}
     scorer = {}
     for key, value in options.items():
         if key in PRUNER_OPTIONS:
-            if value not in PRUNER_OPTIONS[key]:
-                raise ValueError(f"option {key}={value!r} is not one of {PRUNER_OPTIONS[key]}")
-            pruner[key] = value
+            pruner[key] = PRUNER_OPTIONS[key][1](key, value)
         else:
             scorer[key] = value
     return pruner, scorer
@@ -105,21 +163,44 @@ def prune(
     kind = "N:M" if isinstance(pattern, NM) else pattern
     if kind not in scorer.structures:
         raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
-    calibration = validate_calibration(calibration, model)
-    if scorer.needs and calibration is None:
+    if pruner_opts["granularity"] is None:
+        pruner_opts["granularity"] = scorer.default_granularity
+    calibration = validate_calibration(calibration, model, pruner_opts)
+    if (scorer.needs or pruner_opts["allocation"] == "owl") and calibration is None:
         raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(scorer.needs)})")
 
     adapter = get_adapter(model)
     layer_names = _layer_names(model, adapter)
     before = count_params(model, layer_names)
-    report = PruneReport(method, str(pattern), sparsity, [], options={**pruner_opts, **scorer.config})
+    shown = {k: v for k, v in pruner_opts.items() if k != "tokenizer"}
+    report = PruneReport(method, str(pattern), sparsity, [], options={**shown, **scorer.config})
     progress = pruner_opts["progress"]
     if kind == "structured":
         targeted_weights: dict[str, torch.nn.Module] = {}
         _prune_structured(model, adapter, scorer, sparsity, targets, ignore, pruner_opts, report, progress)
     else:
         targeted_weights = weight_targets(model, adapter.layers(model), targets, ignore)
-        _prune_masked(targeted_weights, scorer, sparsity, pattern, pruner_opts, report, progress)
+        _check_nm(targeted_weights, pattern)
+        result = prune_unstructured(
+            model,
+            adapter.layers(model),
+            targeted_weights,
+            scorer,
+            sparsity,
+            pattern if isinstance(pattern, NM) else None,
+            per_row=pruner_opts["granularity"] == "row",
+            calibration=calibration,
+            allocation=pruner_opts["allocation"],
+            owl_lambda=pruner_opts["owl_lambda"],
+            owl_m=pruner_opts["owl_m"],
+            calibration_mode=pruner_opts["calibration_mode"],
+            batch_size=pruner_opts["batch_size"],
+            progress=progress,
+            taps=adapter.stat_taps(model),
+        )
+        report.masks = {f"{name}.weight": mask for name, mask in result.masks.items()}
+        report.errors = result.errors
+        report.block_sparsity = result.block_sparsity
 
     after = count_params(model, layer_names)
     for name in [*layer_names, "(other)"]:
@@ -140,25 +221,15 @@ def _layer_names(model: torch.nn.Module, adapter) -> list[str]:
     return [name for name, mod in model.named_modules() if id(mod) in ids]
 
 
-def _prune_masked(targeted, scorer, sparsity, pattern, opts, report, progress) -> None:
-    if isinstance(pattern, NM):
-        for name, mod in targeted.items():
-            cols = mod.weight[0].numel()
-            if cols % pattern.m:
-                raise ValueError(
-                    f"N:M {pattern}: {name} has {cols} inputs per row, not a multiple of {pattern.m}"
-                )
-    masks = {}
-    for name, mod in tqdm(targeted.items(), desc="scoring", disable=not progress):
-        scores = scorer.weight_scores(mod.weight, None)
-        if isinstance(pattern, NM):
-            masks[name] = _nm_mask(scores, pattern)
-        else:
-            masks[name] = unstructured_mask(scores, sparsity, per_row=opts["granularity"] == "row")
-    with torch.no_grad():
-        for name, mask in masks.items():
-            targeted[name].weight.masked_fill_(mask.to(targeted[name].weight.device), 0.0)
-            report.masks[f"{name}.weight"] = mask
+def _check_nm(targeted, pattern) -> None:
+    if not isinstance(pattern, NM):
+        return
+    for name, mod in targeted.items():
+        cols = mod.weight[0].numel()
+        if cols % pattern.m:
+            raise ValueError(
+                f"N:M {pattern}: {name} has {cols} inputs per row, not a multiple of {pattern.m}"
+            )
 
 
 def _prune_structured(model, adapter, scorer, sparsity, targets, ignore, opts, report, progress) -> None:

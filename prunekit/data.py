@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["default_text", "load_text", "calibration_ids", "eval_windows"]
+__all__ = ["default_text", "load_text", "calibration_ids", "calibration_from_texts", "eval_windows"]
 
 _DEFAULT_ALIASES = frozenset({"default", "pydoc"})
 _TOKEN_CACHE_SIZE = 8
@@ -101,6 +101,48 @@ def eval_windows(
     split = _split_point(len(stream), calib_fraction)
     text_len = _text_len(seq_len, bos)
     starts = _eval_starts(split, len(stream), text_len, max_windows)
+    return _gather(stream, starts, text_len, bos)
+
+
+def calibration_from_texts(
+    texts,
+    tokenizer: PreTrainedTokenizerBase,
+    n_samples: int = 32,
+    seq_len: int = 256,
+    seed: int = 0,
+    text_column: str = "text",
+) -> torch.LongTensor:
+    """Calibration windows ``[N, L]`` from a list of strings or a ``datasets.Dataset`` text column.
+
+    The texts are joined (blank line between them), tokenized, and ``n_samples`` seeded windows are cut
+    as in :func:`calibration_ids`; there is no evaluation split here, the texts are all calibration.
+
+    Raises:
+        ValueError: no tokenizer, an empty list, a missing column, or fewer tokens than one window.
+        TypeError: ``texts`` is neither a list of strings nor a Dataset.
+    """
+    if tokenizer is None:
+        raise ValueError("calibration given as text needs a tokenizer (pass tokenizer=...)")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if hasattr(texts, "column_names"):  # a datasets.Dataset, without importing datasets
+        if text_column not in texts.column_names:
+            raise ValueError(f"dataset has no column {text_column!r} (columns: {texts.column_names})")
+        texts = texts[text_column]
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(
+            "calibration texts must be a list of strings or a datasets.Dataset with a text column"
+        )
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("calibration texts are empty")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    stream = torch.tensor(ids, dtype=torch.long)
+    bos = tokenizer.bos_token_id
+    text_len = _text_len(seq_len, bos)
+    starts = _calibration_starts(len(stream), text_len, n_samples, seed)
     return _gather(stream, starts, text_len, bos)
 
 

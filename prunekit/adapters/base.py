@@ -67,6 +67,15 @@ class Adapter:
                 return name
         return None
 
+    # ------------------------------------------------------------------ calibration
+    def stat_taps(self, model: torch.nn.Module) -> dict:
+        """Modules whose weight the family's code applies without calling the module.
+
+        Returns ``{module_name: (source_module, fn)}``: that module's input is ``fn(source output)``
+        with features last, so calibration hooks can still see it.
+        """
+        return {}
+
     # ------------------------------------------------------------------ after surgery
     def before_hidden_change(self, model: torch.nn.Module) -> None:
         """Freeze config values that default to a function of the hidden size (e.g. ``head_dim``)."""

@@ -29,6 +29,17 @@ class MambaAdapter(Adapter):
             return "ssm_state"
         return base
 
+    def stat_taps(self, model: torch.nn.Module) -> dict:
+        """dt_proj's weight is applied as ``weight @ time_step`` and conv1d by a fused kernel."""
+        names = {id(m): n for n, m in model.named_modules()}
+        taps = {}
+        for layer in self.layers(model):
+            mix = layer.mixer
+            prefix = names[id(mix)]
+            taps[f"{prefix}.dt_proj"] = (mix.x_proj, lambda out, mix=mix: out[..., : mix.dt_proj.in_features])
+            taps[f"{prefix}.conv1d"] = (mix.in_proj, lambda out, mix=mix: out[..., : mix.conv1d.in_channels])
+        return taps
+
     def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(model.backbone.layers)
 

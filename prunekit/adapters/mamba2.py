@@ -33,6 +33,27 @@ class Mamba2Adapter(Adapter):
             return "Mamba-2 views x with one head_dim per model: head_dim is fixed"
         return super().rejects(group, model)
 
+    def stat_taps(self, model: torch.nn.Module) -> dict:
+        """conv1d runs as a fused kernel on the x/B/C segment of in_proj's output."""
+        names = {id(m): n for n, m in model.named_modules()}
+        taps = {}
+        for layer in self.layers(model):
+            mix = layer.mixer
+
+            def xbc(out, mix=mix):
+                conv = mix.conv1d.in_channels
+                d_mlp = (
+                    out.shape[-1]
+                    - 2 * mix.intermediate_size
+                    - 2 * mix.n_groups * mix.ssm_state_size
+                    - mix.num_heads
+                ) // 2
+                start = 2 * d_mlp + mix.intermediate_size
+                return out[..., start : start + conv]
+
+            taps[f"{names[id(mix)]}.conv1d"] = (mix.in_proj, xbc)
+        return taps
+
     def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(model.backbone.layers)
 

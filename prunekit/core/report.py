@@ -40,6 +40,10 @@ class PruneReport:
     #: groups the trace found but the family cannot shrink, with the reason
     skipped: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    #: module name -> relative reconstruction error ||WX - ŴX||² / ||WX||² (SparseGPT)
+    errors: dict[str, float] = field(default_factory=dict)
+    #: block index -> sparsity it received (differs per block with OWL)
+    block_sparsity: dict[int, float] = field(default_factory=dict)
 
     @property
     def params_before(self) -> int:
@@ -81,6 +85,8 @@ class PruneReport:
                 for r in self.rows
             ],
             "removed": self.removed,
+            "errors": self.errors,
+            "block_sparsity": self.block_sparsity,
         }
 
     def __str__(self) -> str:

@@ -76,6 +76,21 @@ def nm_mask(scores: torch.Tensor, pattern: NM) -> torch.Tensor:
     return _lowest(blocks, pattern.n).reshape(scores.shape)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How many weights of one matrix go: a sparsity (per matrix or per row) or an N:M pattern."""
+
+    sparsity: float
+    pattern: NM | None = None
+    per_row: bool = False
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """True where a weight is pruned, for scores shaped like the (2-D) weight."""
+        if self.pattern is not None:
+            return nm_mask(scores, self.pattern)
+        return unstructured_mask(scores, self.sparsity, per_row=self.per_row)
+
+
 def units_to_drop(group: Group, scores: torch.Tensor, sparsity: float, gqa: str = "heads") -> torch.Tensor:
     """Lowest-scoring units of one group at ``sparsity`` (nearest count, at least one unit kept).
 

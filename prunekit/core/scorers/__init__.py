@@ -1,6 +1,6 @@
 """Scorer registry. Adding a method is adding one module here that calls :func:`register_scorer`."""
 
-from . import magnitude  # noqa: F401  (registers itself)
+from . import gblm, magnitude, sparsegpt, wanda  # noqa: F401  (each registers itself)
 from .base import SCORERS, Scorer, get_scorer, register_scorer, unit_sum
 
 __all__ = ["SCORERS", "Scorer", "get_scorer", "register_scorer", "unit_sum"]

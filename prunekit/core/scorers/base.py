@@ -39,6 +39,8 @@ class Scorer:
     needs: frozenset[str] = frozenset()
     #: which structures the scorer can rank for
     structures: tuple[str, ...] = ("unstructured", "N:M", "structured")
+    #: "matrix" compares all weights of a matrix, "row" each output row separately (unstructured)
+    default_granularity: str = "matrix"
     #: option name -> default; unknown options are refused by ``prunekit.prune``
     options: dict[str, object] = {}
 
@@ -56,6 +58,18 @@ class Scorer:
     ) -> torch.Tensor:
         """Importance of every entry of ``weight`` (same shape)."""
         raise NotImplementedError(f"{self.name} does not score individual weights")
+
+    def prune_matrix(
+        self, weight: torch.Tensor, stats: Mapping[str, torch.Tensor], selection
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prune one 2-D weight: returns ``(new_weight, mask)`` with ``mask`` True where pruned.
+
+        The default zeroes the lowest :meth:`weight_scores` chosen by ``selection``
+        (:class:`~prunekit.core.select.Selection`). Methods that also update the kept weights
+        (SparseGPT) override this.
+        """
+        mask = selection.mask(self.weight_scores(weight, stats))
+        return weight.masked_fill(mask, 0.0), mask
 
     def unit_scores(
         self,

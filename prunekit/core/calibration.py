@@ -1,0 +1,146 @@
+"""Block-wise calibration: feed calibration data through the model one block at a time.
+
+The inputs of the first block are captured once (an exception stops the forward right there), then
+each block runs on the current activations while hooks gather the statistics a scorer needs; a
+callback prunes the block; and the block's outputs, recomputed with the pruned block ("sequential",
+the default) or taken from the dense block ("dense"), become the next block's inputs. Only one
+block's inputs and outputs are alive at a time, so peak memory is one block's activations plus its
+statistics, however deep the model.
+
+Each block is called with the keyword arguments the model itself passed to *that* block (masks,
+rotary embeddings, cache positions), recorded from one ordinary forward, so hybrid models whose
+blocks take different masks work too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .stats import StatsCollector
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted inputs are recorded."""
+
+
+@dataclass
+class BlockCall:
+    """How the model called one block: positional extras and keyword arguments (hidden states apart)."""
+
+    args: tuple
+    kwargs: dict
+    hidden_in_kwargs: bool = False
+
+    def __call__(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        if self.hidden_in_kwargs:
+            out = block(*self.args, **{**self.kwargs, "hidden_states": hidden})
+        else:
+            out = block(hidden, *self.args, **self.kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
+    if args:
+        return args[0], BlockCall(tuple(args[1:]), dict(kwargs))
+    rest = dict(kwargs)
+    hidden = rest.pop("hidden_states")
+    return hidden, BlockCall((), rest, hidden_in_kwargs=True)
+
+
+def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
+    model(input_ids=ids, use_cache=False)
+
+
+def record_block_calls(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], ids: torch.Tensor) -> list:
+    """One forward of ``ids``; returns the :class:`BlockCall` each block received."""
+    calls: list[BlockCall | None] = [None] * len(blocks)
+    handles = []
+    for i, block in enumerate(blocks):
+
+        def hook(_mod, args, kwargs, i=i):
+            calls[i] = _split_call(args, kwargs)[1]
+
+        handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        _forward(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(c is None for c in calls):
+        missing = [i for i, c in enumerate(calls) if c is None]
+        raise RuntimeError(f"blocks {missing} were not called during the forward pass")
+    return calls
+
+
+def capture_first_inputs(model: torch.nn.Module, first: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Hidden states entering ``first`` for ``ids`` (the rest of the forward is skipped)."""
+    box: list[torch.Tensor] = []
+
+    def hook(_mod, args, kwargs):
+        box.append(_split_call(args, kwargs)[0].detach())
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        _forward(model, ids)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not box:
+        raise RuntimeError("the first block was never called: is it part of the model's forward?")
+    return box[0]
+
+
+BlockCallback = Callable[[int, torch.nn.Module, dict], None]
+
+
+@torch.no_grad()
+def run_blockwise(
+    model: torch.nn.Module,
+    blocks: Sequence[torch.nn.Module],
+    ids: torch.Tensor,
+    modules_per_block: Sequence[dict[str, torch.nn.Module]],
+    needs: frozenset[str],
+    on_block: BlockCallback,
+    mode: str = "sequential",
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "calibrating",
+    taps: dict | None = None,
+) -> None:
+    """Run calibration ``ids`` [N, L] block by block, calling ``on_block(index, block, stats)``.
+
+    ``stats`` maps each name of ``modules_per_block[index]`` to its input statistics (see
+    :mod:`prunekit.core.stats`). ``mode="sequential"`` recomputes each block's outputs after
+    ``on_block`` (which may prune it), ``"dense"`` passes on the outputs computed before it.
+    """
+    if mode not in ("sequential", "dense"):
+        raise ValueError(f"calibration mode must be 'sequential' or 'dense', got {mode!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        batches = list(ids.split(batch_size))
+        sizes = sorted({len(b) for b in batches})
+        calls_by_size = {
+            n: record_block_calls(model, blocks, next(b for b in batches if len(b) == n)) for n in sizes
+        }
+        hidden = [capture_first_inputs(model, blocks[0], b) for b in batches]
+        for index in tqdm(range(len(blocks)), desc=desc, disable=not progress):
+            block = blocks[index]
+            collector = StatsCollector(modules_per_block[index], needs, taps)
+            try:
+                outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
+            finally:
+                collector.remove()
+            on_block(index, block, collector.stats())
+            del collector
+            if mode == "sequential":
+                outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
+            hidden = outputs
+    finally:
+        model.train(was_training)

@@ -1,0 +1,96 @@
+"""SparseGPT (Frantar & Alistarh 2023): prune by the OBS saliency and update the kept weights.
+
+Columns are processed in blocks of ``blocksize``. Inside a block the mask is chosen from
+w² / [H⁻¹]_jj² (the loss increase of removing w under the layer-wise quadratic model with
+H = 2XXᵀ/n), then each column's pruning error is spread over the not-yet-processed columns through the
+upper Cholesky factor of H⁻¹. ``damp`` (fraction of the mean diagonal) regularises H; inputs that are
+always zero ("dead" columns) get a unit diagonal and zero weights.
+
+Per-matrix sparsity is exact: each block prunes its share floor(end·s) − floor(start·s) of the matrix's
+``int(n·s)`` weights (per row with ``granularity="row"``); N:M picks the N lowest saliencies of
+every group of M columns as the sweep reaches it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..select import _lowest
+from .base import Scorer, register_scorer
+
+
+@register_scorer
+class SparseGPT(Scorer):
+    name = "sparsegpt"
+    needs = frozenset({"hessian"})
+    options = {"blocksize": 128, "damp": 0.01}
+    structures = ("unstructured", "N:M")
+
+    def weight_scores(self, weight, stats=None) -> torch.Tensor:
+        """The OBS saliency w² / [H⁻¹]_jj² before any update (what the first block ranks by)."""
+        hinv = _inverse_factor(stats["hessian"], float(self.config["damp"]), weight.shape[1])[0]
+        return weight.detach().float() ** 2 / torch.diag(hinv).reshape(1, -1) ** 2
+
+    @torch.no_grad()
+    def prune_matrix(self, weight, stats, selection):
+        if "hessian" not in stats:
+            raise ValueError("sparsegpt needs the input Hessian of every weight it prunes")
+        w = weight.detach().float().clone()
+        rows, cols = w.shape
+        hinv, dead = _inverse_factor(stats["hessian"], float(self.config["damp"]), cols)
+        w[:, dead] = 0
+        bs = int(self.config["blocksize"])
+        pattern = selection.pattern
+        if pattern is not None:
+            bs = max(pattern.m, bs - bs % pattern.m)
+        mask = torch.zeros_like(w, dtype=torch.bool)
+        total = rows * cols
+        for i1 in range(0, cols, bs):
+            i2 = min(i1 + bs, cols)
+            count = i2 - i1
+            w1 = w[:, i1:i2].clone()
+            q1 = torch.zeros_like(w1)
+            err1 = torch.zeros_like(w1)
+            h1 = hinv[i1:i2, i1:i2]
+            d1 = torch.diag(h1)
+            if pattern is None:
+                saliency = w1**2 / d1.reshape(1, -1) ** 2
+                if selection.per_row:
+                    mask1 = _lowest(saliency, _share(cols, selection.sparsity, i1, i2))
+                else:
+                    k = _share(total, selection.sparsity, rows * i1, rows * i2)
+                    mask1 = _lowest(saliency.reshape(-1), k).reshape(saliency.shape)
+            else:
+                mask1 = torch.zeros_like(w1, dtype=torch.bool)
+            for i in range(count):
+                col = w1[:, i]
+                if pattern is not None and i % pattern.m == 0:
+                    sal = w1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
+                    mask1[:, i : i + pattern.m] = _lowest(sal, pattern.n)
+                q = col.masked_fill(mask1[:, i], 0.0)
+                q1[:, i] = q
+                e = (col - q) / d1[i]
+                w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
+                err1[:, i] = e
+            w[:, i1:i2] = q1
+            mask[:, i1:i2] = mask1
+            w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+        return w.to(weight.dtype), mask
+
+
+def _share(n: int, sparsity: float, start: int, end: int) -> int:
+    """Weights a sub-range [start, end) of n entries prunes so that the ranges add up to int(n·s)."""
+    return int(sparsity * end) - int(sparsity * start) if n else 0
+
+
+def _inverse_factor(hessian: torch.Tensor, damp: float, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor of the damped H⁻¹, and the dead-input flags."""
+    h = hessian.double().clone()
+    if h.shape != (cols, cols):
+        raise ValueError(f"Hessian of shape {tuple(h.shape)} does not match a weight with {cols} inputs")
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
+    factor = torch.linalg.cholesky(h)
+    hinv = torch.cholesky_inverse(factor)
+    return torch.linalg.cholesky(hinv, upper=True).float(), dead

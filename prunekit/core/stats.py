@@ -1,0 +1,125 @@
+"""Per-layer input statistics gathered by forward hooks while calibration data flows through a block.
+
+Scorers name what they need (``Scorer.needs``); only that is accumulated, always in fp32 (fp64 for the
+running sums whose cancellation matters), whatever the model's dtype:
+
+- ``sq_norm``: sum over tokens of x_j^2 per input feature (Wanda's ||X_j||^2), with ``n_samples``.
+- ``hessian``: X^T X over tokens, scaled as 2/n like SparseGPT's H (used for OBS updates).
+- ``mean`` / ``var``: per input feature mean and (population) variance over tokens (FLAP's fluctuation).
+
+Features are the weight's input features: the last dim of a Linear's input, the channel dim of a
+depthwise Conv1d's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+KNOWN_STATS = frozenset({"sq_norm", "hessian", "mean", "var", "grad"})
+
+
+class NonFiniteActivationError(ValueError):
+    """Calibration activations contain NaN or inf: statistics (and every score) would be meaningless."""
+
+
+@dataclass
+class LayerStats:
+    needs: frozenset[str]
+    n_tokens: int = 0
+    n_samples: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, x: torch.Tensor, name: str, samples: int) -> None:
+        """``x``: [tokens, features]."""
+        if not torch.isfinite(x).all():
+            raise NonFiniteActivationError(
+                f"non-finite activations (NaN/inf) enter {name} during calibration"
+            )
+        x = x.float()
+        tokens = x.shape[0]
+        if "sq_norm" in self.needs:
+            self._acc("sq_norm", (x * x).sum(0))
+        if "mean" in self.needs or "var" in self.needs:
+            self._acc("sum", x.double().sum(0))
+            self._acc("sumsq", (x.double() ** 2).sum(0))
+        if "hessian" in self.needs:
+            self._acc("xtx", x.t() @ x)
+        self.n_tokens += tokens
+        self.n_samples += samples
+
+    def _acc(self, key: str, value: torch.Tensor) -> None:
+        if key in self.sums:
+            self.sums[key] += value
+        else:
+            self.sums[key] = value.clone()
+
+    def result(self) -> dict[str, torch.Tensor | int]:
+        out: dict[str, torch.Tensor | int] = {"n_tokens": self.n_tokens, "n_samples": self.n_samples}
+        n = max(1, self.n_tokens)
+        if "sq_norm" in self.sums:
+            out["sq_norm"] = self.sums["sq_norm"]
+        if "sum" in self.sums:
+            mean = self.sums["sum"] / n
+            out["mean"] = mean.float()
+            out["var"] = (self.sums["sumsq"] / n - mean * mean).clamp_min(0).float()
+        if "xtx" in self.sums:
+            out["hessian"] = self.sums["xtx"] * (2.0 / n)
+        return out
+
+
+def _features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, torch.nn.Conv1d):  # [B, C, L] -> [B*L, C]
+        return x.transpose(1, 2).reshape(-1, x.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+class StatsCollector:
+    """Forward pre-hooks on the named modules; ``stats()`` returns each module's statistics.
+
+    A module whose weight the model's code uses directly (``self.dt_proj.weight @ x``, a fused conv
+    kernel) never sees its input through a hook; ``taps`` maps such a module's name to
+    ``(source_module, fn)``: the input is ``fn(source's output)``, features last. Adapters declare them.
+    """
+
+    def __init__(
+        self, modules: dict[str, torch.nn.Module], needs: frozenset[str], taps: dict | None = None
+    ) -> None:
+        self.layers = {name: LayerStats(needs) for name in modules}
+        self.handles = []
+        taps = taps or {}
+        for name, mod in modules.items():
+            if name in taps:
+                source, fn = taps[name]
+                self.handles.append(source.register_forward_hook(self._tap(name, fn)))
+            else:
+                self.handles.append(mod.register_forward_pre_hook(self._hook(name)))
+
+    def _tap(self, name: str, fn):
+        def hook(_module, _args, output):
+            x = fn(output.detach())
+            self.layers[name].add(x.reshape(-1, x.shape[-1]), name, samples=x.shape[0])
+
+        return hook
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            x = args[0]
+            self.layers[name].add(_features(module, x.detach()), name, samples=x.shape[0])
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def stats(self) -> dict[str, dict]:
+        return {name: s.result() for name, s in self.layers.items()}
+
+    def __enter__(self) -> StatsCollector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
