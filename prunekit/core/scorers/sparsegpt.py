@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..select import _lowest
+from ..threads import single_thread
 from .base import Scorer, register_scorer
 
 
@@ -62,20 +63,26 @@ class SparseGPT(Scorer):
                     mask1 = _lowest(saliency.reshape(-1), k).reshape(saliency.shape)
             else:
                 mask1 = torch.zeros_like(w1, dtype=torch.bool)
-            for i in range(count):
-                col = w1[:, i]
-                if pattern is not None and i % pattern.m == 0:
-                    sal = w1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
-                    mask1[:, i : i + pattern.m] = _lowest(sal, pattern.n)
-                q = col.masked_fill(mask1[:, i], 0.0)
-                q1[:, i] = q
-                e = (col - q) / d1[i]
-                w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
-                err1[:, i] = e
+            with single_thread():
+                self._sweep(w1, q1, err1, h1, d1, mask1, pattern, count)
             w[:, i1:i2] = q1
             mask[:, i1:i2] = mask1
             w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
         return w.to(weight.dtype), mask
+
+    @staticmethod
+    def _sweep(w1, q1, err1, h1, d1, mask1, pattern, count) -> None:
+        """Prune the block's columns left to right, pushing each error onto the columns after it."""
+        for i in range(count):
+            col = w1[:, i]
+            if pattern is not None and i % pattern.m == 0:
+                sal = w1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
+                mask1[:, i : i + pattern.m] = _lowest(sal, pattern.n)
+            q = col.masked_fill(mask1[:, i], 0.0)
+            q1[:, i] = q
+            e = (col - q) / d1[i]
+            w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
+            err1[:, i] = e
 
 
 def _share(n: int, sparsity: float, start: int, end: int) -> int:
@@ -85,12 +92,18 @@ def _share(n: int, sparsity: float, start: int, end: int) -> int:
 
 def _inverse_factor(hessian: torch.Tensor, damp: float, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of the damped H⁻¹, and the dead-input flags."""
-    h = hessian.double().clone()
-    if h.shape != (cols, cols):
-        raise ValueError(f"Hessian of shape {tuple(h.shape)} does not match a weight with {cols} inputs")
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
-    factor = torch.linalg.cholesky(h)
-    hinv = torch.cholesky_inverse(factor)
-    return torch.linalg.cholesky(hinv, upper=True).float(), dead
+    if hessian.shape != (cols, cols):
+        raise ValueError(
+            f"Hessian of shape {tuple(hessian.shape)} does not match a weight with {cols} inputs"
+        )
+    dead = torch.diag(hessian) == 0
+    for dtype in (torch.float32, torch.float64):  # fp32 as usual; fp64 if damping was not enough
+        h = hessian.to(dtype).clone()
+        h[dead, dead] = 1.0
+        h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=dtype)
+        try:
+            hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+            return torch.linalg.cholesky(hinv, upper=True).float(), dead
+        except torch.linalg.LinAlgError:
+            continue
+    raise ValueError("the damped Hessian is not positive definite even in fp64: raise `damp`")
