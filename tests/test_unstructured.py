@@ -242,7 +242,7 @@ def test_engine_holds_one_block_of_activations_whatever_the_depth(mode):
         seen, counts = [], []
         calls = {i: 0 for i in range(layers)}
         for i, b in enumerate(blocks):
-            b.register_forward_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+            b.register_forward_hook(lambda *_a, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1))
 
         def on_block(index, block, stats, seen=seen, counts=counts, calls=calls):
             # blocks run strictly in order: later ones have only seen the one recording forward
