@@ -11,8 +11,10 @@ Usage::
     python benchmarks/trace.py                       # SmolLM2 + random Llama at 15, 30 and 60 layers
     python benchmarks/trace.py --layers 15 30 --repeat 1 --no-real
 
-Each model is traced ``--repeat`` times; the tables give the fastest run (the least disturbed by other load
-on the machine) and, for ``trace()``, the median too. A small 2-layer model is traced once first, so
+Each model is traced ``--repeat`` times. ``trace()`` is reported in wall-clock seconds (fastest and median
+run) and in CPU seconds of this process (fastest run); the scaling ratio and the phases use CPU time,
+which other programs competing for the same cores disturb far less than wall time. The load average is
+printed before and after, so a busy machine shows. A small 2-layer model is traced once first, so
 one-time costs of ``torch.export`` (lazy imports, dispatcher warm-up) are not charged to the first row.
 """
 
@@ -70,21 +72,21 @@ def random_llama(layers: int, vocab: int, seed: int) -> torch.nn.Module:
 
 
 def phases(model: torch.nn.Module) -> dict[str, float | int]:
-    """Run trace()'s steps one by one and time each; returns seconds per phase and counts."""
-    t0 = time.perf_counter()
+    """Run trace()'s steps one by one; returns the CPU seconds of each phase and counts."""
+    t0 = time.process_time()
     adapter = get_adapter(model)
     exported = export_model(model)
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     state = propagate(exported, opaque_modules=adapter.opaque_modules, aliases=_aliases(model))
-    t2 = time.perf_counter()
+    t2 = time.process_time()
     groups, pinned = build_groups(state)
-    t3 = time.perf_counter()
+    t3 = time.process_time()
     accepted = 0
     for g in groups:
         g.role = adapter.role(g, model)
         if not adapter.rejects(g, model):
             accepted += 1
-    t4 = time.perf_counter()
+    t4 = time.process_time()
     ops = sum(1 for n in exported.graph.nodes if n.op == "call_function")
     return {
         "export": t1 - t0,
@@ -97,13 +99,14 @@ def phases(model: torch.nn.Module) -> dict[str, float | int]:
 
 
 def measure(name: str, layers: int, model: torch.nn.Module, repeat: int) -> dict:
-    totals, runs = [], []
+    walls, cpus, runs = [], [], []
     groups = rejected = None
     for _ in range(repeat):
         gc.collect()
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         graph = trace(model)
-        totals.append(time.perf_counter() - t0)
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
         groups, rejected = len(graph.groups), len(graph.rejected)
         del graph
         gc.collect()
@@ -111,12 +114,19 @@ def measure(name: str, layers: int, model: torch.nn.Module, repeat: int) -> dict
     if any(r["groups"] != groups for r in runs):
         raise RuntimeError(f"{name}: the phase-by-phase run found a different number of groups than trace()")
     row = {"model": name, "layers": layers, "groups": groups, "rejected": rejected}
-    row["total"], row["median"] = min(totals), statistics.median(totals)
+    row["wall"], row["wall_median"], row["cpu"] = min(walls), statistics.median(walls), min(cpus)
     for key in ("export", "propagate", "build", "adapter"):
         row[key] = min(r[key] for r in runs)
     row["sum"] = row["export"] + row["propagate"] + row["build"] + row["adapter"]
     row["ops"] = runs[0]["ops"]
     return row
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def machine() -> list[str]:
@@ -177,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(machine()))
     print(f"command: python benchmarks/trace.py {' '.join(argv)}".rstrip())
 
+    print(f"load average before: {loadavg()}")
     t0 = time.perf_counter()
     trace(random_llama(2, args.vocab, args.seed))
     print(f"warm-up (2-layer random Llama, first trace in the process): {time.perf_counter() - t0:.2f} s\n")
@@ -200,9 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     summary, detail = [], []
     for r in rows:
         if base is not None:
-            ratio = r["total"] / base["total"]
-            expect = r["layers"] / base["layers"]
-            scaling = f"{ratio:.2f} (linear: {expect:.2f})"
+            scaling = f"{r['cpu'] / base['cpu']:.2f} (linear: {r['layers'] / base['layers']:.2f})"
         else:
             scaling = "-"
         summary.append(
@@ -211,9 +220,10 @@ def main(argv: list[str] | None = None) -> None:
                 str(r["layers"]),
                 str(r["groups"]),
                 str(r["rejected"]),
-                f"{r['total']:.2f}",
-                f"{r['median']:.2f}",
-                f"{r['total'] / r['layers']:.3f}",
+                f"{r['wall']:.2f}",
+                f"{r['wall_median']:.2f}",
+                f"{r['cpu']:.2f}",
+                f"{r['cpu'] / r['layers']:.3f}",
                 scaling,
             ]
         )
@@ -229,14 +239,15 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     base_note = f"{base['layers']}-layer random Llama" if base else "n/a"
+    print(f"load average after: {loadavg()}\n")
     print(
-        f"trace() wall time over {args.repeat} runs (s / layer and ratio use the fastest run; "
-        f"ratio: relative to the {base_note})\n"
+        f"trace(), {args.repeat} runs per model: wall-clock seconds (fastest, median) and CPU seconds of "
+        f"this process (fastest); CPU s / layer and ratio (relative to the {base_note}) use CPU time\n"
     )
-    headers = ["model", "layers", "groups", "rejected", "fastest s", "median s", "s / layer", "ratio"]
-    print(table(headers, summary))
+    headers = ["model", "layers", "groups", "rejected", "wall s", "wall median s", "CPU s", "CPU s / layer"]
+    print(table([*headers, "ratio"], summary))
     print(
-        f"\nphases, fastest of {args.repeat} runs each (sum: of those; %: share of that sum; "
+        f"\nphases, CPU seconds, fastest of {args.repeat} runs each (sum: of those; %: share of that sum; "
         "ops: call_function nodes in the exported graph)\n"
     )
     print(
