@@ -25,9 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="magnitude")
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--structure", default="unstructured", help="unstructured | structured | N:M (e.g. 2:4)")
-    p.add_argument("--granularity", choices=("matrix", "row"), default="matrix")
+    p.add_argument("--granularity", choices=("matrix", "row"), default=None, help="default: the method's own")
     p.add_argument("--gqa", choices=("heads", "groups"), default="heads")
     p.add_argument("--mode", choices=("hard", "soft"), default="hard", help="structured: remove or zero")
+    p.add_argument("--allocation", choices=("uniform", "owl"), default="uniform", help="per-block sparsity")
+    p.add_argument("--calibration-mode", choices=("sequential", "dense"), default="sequential")
     p.add_argument("--targets", nargs="*", default=None, help="names, suffixes or re: patterns (or roles)")
     p.add_argument("--ignore", nargs="*", default=None)
     p.add_argument("--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)")
@@ -36,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
     p.add_argument("--out", default=None, help="directory to save the pruned model, tokenizer and report")
+
+    e = sub.add_parser("eval", help="perplexity of a model, and JS divergence to a compared model")
+    _common(e)
+    e.add_argument("--compare", default=None, help="a second model (directory or name) to compare against")
+    e.add_argument("--text", default=None)
+    e.add_argument("--seq-len", type=int, default=256)
+    e.add_argument("--eval-windows", type=int, default=None)
     return parser
 
 
@@ -58,7 +67,7 @@ def _graph(args) -> int:
 def _prune(args) -> int:
     import prunekit
     from prunekit.data import calibration_ids, eval_windows
-    from prunekit.eval import perplexity
+    from prunekit.eval import js_divergence, perplexity
 
     model, tok = prunekit.models.load(args.model)
     calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
@@ -66,6 +75,9 @@ def _prune(args) -> int:
     if not args.no_eval:
         windows = eval_windows(tok, seq_len=args.seq_len, max_windows=args.eval_windows, source=args.text)
         dense_ppl = perplexity(model, windows, progress=True)
+        import copy
+
+        dense = copy.deepcopy(model)  # kept for the JS divergence
     report = prunekit.prune(
         model,
         method=args.method,
@@ -75,6 +87,8 @@ def _prune(args) -> int:
         targets=args.targets,
         ignore=args.ignore,
         granularity=args.granularity,
+        allocation=args.allocation,
+        calibration_mode=args.calibration_mode,
         gqa=args.gqa,
         mode=args.mode,
         progress=True,
@@ -83,10 +97,15 @@ def _prune(args) -> int:
     summary = report.to_dict()
     if windows is not None:
         pruned_ppl = perplexity(model, windows, progress=True)
-        summary.update(ppl_dense=dense_ppl, ppl_pruned=pruned_ppl, eval_tokens=int(windows.numel()))
+        js = js_divergence(dense, model, windows, progress=True)
+        del dense
+        summary.update(
+            ppl_dense=dense_ppl, ppl_pruned=pruned_ppl, js_nats=js, eval_tokens=int(windows.numel())
+        )
         print(
             f"perplexity on {windows.shape[0]} windows x {windows.shape[1]} tokens: "
-            f"dense {dense_ppl:.3f} -> pruned {pruned_ppl:.3f} ({pruned_ppl / dense_ppl:.2f}x)"
+            f"dense {dense_ppl:.3f} -> pruned {pruned_ppl:.3f} ({pruned_ppl / dense_ppl:.2f}x); "
+            f"JS divergence to dense {js:.4f} nats"
         )
     if args.out:
         out = Path(args.out)
@@ -97,10 +116,29 @@ def _prune(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from prunekit.data import eval_windows
+    from prunekit.eval import js_divergence, perplexity
+    from prunekit.models import load
+
+    model, tok = load(args.model)
+    windows = eval_windows(tok, seq_len=args.seq_len, max_windows=args.eval_windows, source=args.text)
+    print(
+        f"{args.model}: perplexity {perplexity(model, windows, progress=True):.3f} "
+        f"on {windows.shape[0]} windows x {windows.shape[1]} tokens"
+    )
+    if args.compare:
+        other, _ = load(args.compare)
+        print(f"{args.compare}: perplexity {perplexity(other, windows, progress=True):.3f}")
+        js = js_divergence(model, other, windows, progress=True)
+        print(f"Jensen-Shannon divergence (nats, natural log; mean over tokens): {js:.5f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"graph": _graph, "prune": _prune}[args.command](args)
+        return {"graph": _graph, "prune": _prune, "eval": _eval}[args.command](args)
     except (ValueError, TypeError, ImportError) as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2

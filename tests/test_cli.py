@@ -84,3 +84,49 @@ def test_bad_arguments_exit_with_a_clear_error(model_dir, capsys):
     assert "sparsity must lie in [0, 1)" in capsys.readouterr().err
     assert main(_args(path, text, "--structure", "2:5")) == 2
     assert "multiple of 5" in capsys.readouterr().err
+
+
+def test_calibrated_prune_and_eval_compare(model_dir, tmp_path, capsys):
+    path, text = model_dir
+    out_dir = tmp_path / "wanda"
+    assert (
+        main(
+            _args(
+                path,
+                text,
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--allocation",
+                "owl",
+                "--out",
+                str(out_dir),
+            )
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "JS divergence to dense" in out
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(path),
+                "--compare",
+                str(out_dir),
+                "--text",
+                str(text),
+                "--seq-len",
+                "32",
+                "--eval-windows",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "Jensen-Shannon divergence (nats" in out and out.count("perplexity") == 2
+    js = float(out.strip().rsplit(" ", 1)[-1])
+    assert 0 < js <= 0.6932
