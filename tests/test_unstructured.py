@@ -245,8 +245,8 @@ def test_engine_holds_one_block_of_activations_whatever_the_depth(mode):
             b.register_forward_hook(lambda *_a, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1))
 
         def on_block(index, block, stats, seen=seen, counts=counts, calls=calls):
-            # blocks run strictly in order: later ones have only seen the one recording forward
-            assert all(calls[j] == 1 for j in calls if j > index)
+            # blocks run strictly in order: later ones have at most seen the (identity) recording pass
+            assert all(calls[j] <= 1 for j in calls if j > index)
             seen.append(index)
             counts.append(_live_activation_count((2, 9, 24)))
 
@@ -255,8 +255,8 @@ def test_engine_holds_one_block_of_activations_whatever_the_depth(mode):
         )
         assert seen == list(range(layers))
         per_block_calls = 2 * 2 if mode == "sequential" else 2
-        # one recording forward per batch size, then the block-wise passes
-        assert all(calls[i] == 1 + per_block_calls for i in range(layers))
+        # the block-wise passes, plus at most the recording pass (which replaces blocks by identities)
+        assert all(calls[i] - per_block_calls in (0, 1) for i in range(layers))
         peaks[layers] = max(counts)
     assert peaks[6] == peaks[2]
 

@@ -83,7 +83,7 @@ class Adapter:
     def on_removed(
         self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int
     ) -> None:
-        """Update counters that cannot be read back from tensor shapes (e.g. Mamba-2's ``n_groups``)."""
+        """Update counters that cannot be read back from tensor shapes (e.g. Mamba-2's ``ssm_state_size``)."""
 
     def sync(self, model: torch.nn.Module) -> None:
         """Recompute module attributes and config fields from the (shrunk) parameter shapes."""

@@ -60,11 +60,10 @@ class Mamba2Adapter(Adapter):
     def on_removed(
         self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int
     ) -> None:
-        mix = model.get_submodule(group.name)
-        if group.role == "ssm_heads" and group.num_outer:
-            mix.n_groups -= removed_outer
-        elif group.role == "ssm_state":
-            mix.ssm_state_size -= removed_units
+        # n_groups is read back from the shapes in sync(): when every head has its own B/C group, the
+        # trace folds the groups into the heads (no outer units), so removed_outer would miss them
+        if group.role == "ssm_state":
+            model.get_submodule(group.name).ssm_state_size -= removed_units
 
     def sync(self, model: torch.nn.Module) -> None:
         super().sync(model)
@@ -75,6 +74,14 @@ class Mamba2Adapter(Adapter):
             mix.num_heads = int(mix.A_log.shape[0])
             mix.intermediate_size = mix.out_proj.in_features
             mix.conv_dim = mix.conv1d.out_channels
+            bc = mix.conv_dim - mix.intermediate_size  # B and C: 2 * n_groups * state_size channels
+            n_groups = bc // (2 * mix.ssm_state_size)
+            if n_groups < 1 or bc != 2 * mix.ssm_state_size * n_groups or mix.num_heads % n_groups:
+                raise ValueError(
+                    f"conv1d holds {bc} B/C channels: not 2 * n_groups * {mix.ssm_state_size} for an "
+                    f"n_groups dividing {mix.num_heads} heads"
+                )
+            mix.n_groups = n_groups
             mix.norm.group_size = mix.intermediate_size // mix.n_groups
             per_layer.append(
                 {

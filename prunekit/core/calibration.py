@@ -56,7 +56,44 @@ def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
 
 
 def record_block_calls(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], ids: torch.Tensor) -> list:
-    """One forward of ``ids``; returns the :class:`BlockCall` each block received."""
+    """The :class:`BlockCall` each block receives for ``ids``, from one cheap forward.
+
+    Every block is temporarily replaced by an identity that records its arguments, and the pass stops
+    at the last block, so recording costs an embedding lookup rather than a full forward. Blocks
+    return their hidden states as a tensor in transformers 5; a model whose blocks must return
+    something else falls back to a real forward with recording hooks.
+    """
+    calls: list[BlockCall | None] = [None] * len(blocks)
+    last = len(blocks) - 1
+
+    def identity(i):
+        def forward(*args, **kwargs):
+            hidden, calls[i] = _split_call(args, kwargs)
+            if i == last:
+                raise _Stop
+            return hidden
+
+        return forward
+
+    try:
+        for i, b in enumerate(blocks):
+            b.forward = identity(i)
+        try:
+            _forward(model, ids)
+        except _Stop:
+            pass
+    except Exception:
+        calls = [None] * len(blocks)
+    finally:
+        for b in blocks:
+            if "forward" in b.__dict__:
+                del b.forward
+    if any(c is None for c in calls):
+        calls = _record_with_hooks(model, blocks, ids)
+    return calls
+
+
+def _record_with_hooks(model: torch.nn.Module, blocks: Sequence[torch.nn.Module], ids: torch.Tensor) -> list:
     calls: list[BlockCall | None] = [None] * len(blocks)
     handles = []
     for i, block in enumerate(blocks):
