@@ -357,3 +357,35 @@ def _sdpa(ctx: OpContext):
     if "flash" in target:
         return (out, [merged[c] for c in batch + "hl"])
     return out
+
+
+def _norm_over_last(ctx: OpContext, weight_pos: int, bias_pos: int | None) -> list:
+    """``layer_norm``/``rms_norm``: elementwise with weight and bias, and a span over the normalised dims."""
+    x = ctx.arg(0)
+    params = [
+        p
+        for p in (ctx.arg(weight_pos), ctx.arg(bias_pos) if bias_pos is not None else None)
+        if is_tensor_node(p)
+    ]
+    out = broadcast(ctx, [x, *params], ctx.shape(x))
+    for d in range(len(out) - len(ctx.arg(1)), len(out)):
+        record_span(ctx, out[d])
+    return out
+
+
+@register("aten.layer_norm")
+def _layer_norm(ctx: OpContext):
+    return _norm_over_last(ctx, 2, 3)
+
+
+@register("aten.rms_norm")
+def _rms_norm(ctx: OpContext):
+    return _norm_over_last(ctx, 2, None)
+
+
+@register("aten.native_layer_norm")
+def _native_layer_norm(ctx: OpContext):
+    out = _norm_over_last(ctx, 2, 3)
+    n = len(ctx.arg(1))
+    stats = [lab if i < len(out) - n else None for i, lab in enumerate(out)]
+    return out, stats, list(stats)

@@ -244,6 +244,8 @@ def _cat(ctx: OpContext):
     rank = len(ctx.out_shape())
     dim = norm_dim(ctx.kwarg("dim", 1, 0), rank)
     tensors = [t for t in tensors if len(ctx.shape(t)) == rank]  # legacy cat skips empty 1-D tensors
+    if any(ctx.shape(t)[dim] > 0 for t in tensors):  # zero-width pieces carry no channels
+        tensors = [t for t in tensors if ctx.shape(t)[dim] > 0]
     out = []
     for d in range(rank):
         if d == dim:
