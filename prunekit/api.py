@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .adapters import get_adapter
 from .core.report import LayerRow, PruneReport, count_params, short_layer_name
 from .core.scorers import get_scorer
-from .core.select import NM, parse_structure, units_to_drop
-from .core.surgery import check_units, remove, soft_zero
+from .core.select import NM, parse_structure
+from .core.structured import prune_structured
 from .core.targets import group_targets, weight_targets
 from .core.unstructured import prune_unstructured
 
@@ -63,6 +62,8 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seq_len": (256, _number(2, 1 << 20, integer=True)),
     "seed": (0, _number(0, 1 << 62, integer=True)),
     "text_column": ("text", _anything),
+    "structure_search": ("uniform", _choice("uniform", "global")),
+    "bias_compensation": (None, _choice(None, True, False)),
 }
 
 
@@ -177,7 +178,9 @@ def prune(
     progress = pruner_opts["progress"]
     if kind == "structured":
         targeted_weights: dict[str, torch.nn.Module] = {}
-        _prune_structured(model, adapter, scorer, sparsity, targets, ignore, pruner_opts, report, progress)
+        _prune_structured(
+            model, adapter, scorer, sparsity, targets, ignore, pruner_opts, calibration, report, progress
+        )
     else:
         targeted_weights = weight_targets(model, adapter.layers(model), targets, ignore)
         _check_nm(targeted_weights, pattern)
@@ -232,20 +235,15 @@ def _check_nm(targeted, pattern) -> None:
             )
 
 
-def _prune_structured(model, adapter, scorer, sparsity, targets, ignore, opts, report, progress) -> None:
+def _prune_structured(
+    model, adapter, scorer, sparsity, targets, ignore, opts, calibration, report, progress
+) -> None:
     from .graph import trace
 
     graph = trace(model, adapter=adapter)
     report.skipped = [f"{g.name or g.role}: {why}" for g, why in graph.rejected]
     groups = group_targets(graph.groups, adapter.default_structured_roles, targets, ignore)
-    decision = []
-    for group in tqdm(groups, desc="scoring groups", disable=not progress):
-        weights = {p: model.get_parameter(p) for p in group.params}
-        scores = scorer.unit_scores(group, weights, None)
-        units = check_units(group, units_to_drop(group, scores, sparsity, gqa=opts["gqa"]))
-        decision.append((group, units))
+    plan = prune_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
+    for group, units in plan.decision:
         report.removed[f"{short_layer_name(group.name) or group.role} ({group.role})"] = units.tolist()
-    if opts["mode"] == "hard":
-        remove(model, decision, adapter=adapter, shapes=graph.param_shapes)
-    else:
-        soft_zero(model, decision, shapes=graph.param_shapes)
+    report.compensated = sorted(plan.bias_deltas)

@@ -42,6 +42,8 @@ class PruneReport:
     options: dict[str, Any] = field(default_factory=dict)
     #: module name -> relative reconstruction error ||WX - ŴX||² / ||WX||² (SparseGPT)
     errors: dict[str, float] = field(default_factory=dict)
+    #: consumer layers whose bias received structured-pruning compensation
+    compensated: list[str] = field(default_factory=list)
     #: block index -> sparsity it received (differs per block with OWL)
     block_sparsity: dict[int, float] = field(default_factory=dict)
 

@@ -39,6 +39,8 @@ class Scorer:
     needs: frozenset[str] = frozenset()
     #: which structures the scorer can rank for
     structures: tuple[str, ...] = ("unstructured", "N:M", "structured")
+    #: structured pruning adds W[:, removed] · E[x_removed] to the consumers' biases by default
+    compensates: bool = False
     #: "matrix" compares all weights of a matrix, "row" each output row separately (unstructured)
     default_granularity: str = "matrix"
     #: option name -> default; unknown options are refused by ``prunekit.prune``

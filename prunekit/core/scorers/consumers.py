@@ -1,0 +1,49 @@
+"""Per-unit scores from a group's consuming layers (the input columns of o_proj, down_proj, out_proj).
+
+Structured scorers in the FLAP family look at the layer that *reads* the channels: a channel matters
+as much as what it contributes to that layer's output. They define a per-column metric from the
+consumer's weight and input statistics; this module sums (or averages) it over each unit's columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from ...graph.groups import Group
+
+ColumnMetric = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def consumer_unit_scores(
+    group: Group,
+    weights: Mapping[str, torch.Tensor],
+    stats: Mapping[str, Mapping[str, torch.Tensor]],
+    metric: ColumnMetric,
+    reduce: str = "sum",
+    require_stats: bool = True,
+) -> torch.Tensor:
+    """Aggregate ``metric(W, stats)`` (one value per input column) over each unit's columns."""
+    total = torch.zeros(group.num_units, dtype=torch.float64)
+    count = torch.zeros(group.num_units, dtype=torch.float64)
+    used = 0
+    for m in group.members:
+        if m.side != "in" or m.dim != 1 or m.attr != "weight":
+            continue
+        st = stats.get(m.module)
+        if st is None and require_stats:
+            continue
+        column = metric(weights[m.param].detach().float(), st or {}).double()
+        values = column[m.positions]
+        units = m.units
+        if m.per_outer:  # a column shared by an outer unit's query heads counts for each of them
+            per = group.units_per_outer
+            units = (units.unsqueeze(1) * per + torch.arange(per)).reshape(-1)
+            values = values.repeat_interleave(per)
+        total.index_add_(0, units, values)
+        count.index_add_(0, units, torch.ones_like(values))
+        used += 1
+    if used == 0:
+        raise ValueError(f"group {group.name!r} has no consuming layer with statistics to score it")
+    return total / count.clamp_min(1) if reduce == "mean" else total

@@ -1,0 +1,52 @@
+"""FLAP (An et al. 2024): fluctuation-based structured pruning with bias compensation.
+
+A channel is scored by how much its input to the output projection fluctuates around its mean over
+calibration tokens, since a nearly constant input can be replaced by its mean folded into the bias:
+
+- ``IFV``: Var[x_j]
+- ``WIFV`` (default): Var[x_j] · ||W[:, j]||²
+- ``WIFN``: mean_i |W_ij| · ||x_j||
+
+A unit's score is the mean over its channels (head scores are squared per channel first, as in the
+paper's code). Use with ``structure_search="global"`` for FLAP's adaptive structure (AL-AM);
+bias compensation is on by default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Scorer, register_scorer
+from .consumers import consumer_unit_scores
+
+_METRICS = {
+    "IFV": lambda w, st: st["var"].reshape(-1),
+    "WIFV": lambda w, st: st["var"].reshape(-1) * (w * w).sum(0),
+    "WIFN": lambda w, st: w.abs().mean(0) * (st["sq_norm"].reshape(-1) / max(1, int(st["n_tokens"]))).sqrt(),
+}
+
+
+@register_scorer
+class FLAP(Scorer):
+    name = "flap"
+    needs = frozenset({"mean", "var"})
+    structures = ("structured",)
+    options = {"metric": "WIFV"}
+    compensates = True
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if self.config["metric"] not in _METRICS:
+            raise ValueError(f"flap metric must be one of {sorted(_METRICS)}, got {self.config['metric']!r}")
+        if self.config["metric"] == "WIFN":
+            self.needs = frozenset({"sq_norm", "mean"})
+
+    def unit_scores(self, group, weights, stats=None) -> torch.Tensor:
+        metric = _METRICS[self.config["metric"]]
+        if group.kind == "heads":
+            base = metric
+
+            def metric(w, st):
+                return base(w, st) ** 2
+
+        return consumer_unit_scores(group, weights, stats or {}, metric, reduce="mean")

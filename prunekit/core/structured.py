@@ -1,0 +1,198 @@
+"""Structured pruning: score every unit of every targeted group, decide how many go where, remove them.
+
+Calibrated scorers read the statistics of a group's *consumers*: the modules whose input dimension the
+group occupies (``o_proj``/``down_proj``/Mamba's ``out_proj`` and ``x_proj``), gathered in one dense
+block-wise pass, since every block is scored before any block is cut (as FLAP does).
+
+How many units each group loses is the *structure*:
+
+- ``"uniform"`` (FLAP's UL-UM): the same ratio in every group.
+- ``"global"`` (FLAP's AL-AM): scores are standardised within each group, and one threshold is chosen
+  across all groups so that the removed *parameters* are the requested share of the targeted groups'
+  parameters (each unit weighs what removing it saves). Every group keeps at least one unit.
+
+Bias compensation adds W[:, removed] · E[x_removed] to every consumer's bias (creating the bias when
+the layer has none), so the expected output of each shrunk layer is unchanged on calibration data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..graph.groups import Group
+from .calibration import run_blockwise
+from .select import units_to_drop
+from .surgery import _validated as validate_decision
+from .surgery import check_units, dropped_outer, member_positions, remove, soft_zero
+
+STRUCTURES = ("uniform", "global")
+
+
+@dataclass
+class StructuredPlan:
+    decision: list[tuple[Group, torch.Tensor]] = field(default_factory=list)
+    #: consumer module name -> bias delta to add (before removal)
+    bias_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def consumers(group: Group) -> list:
+    """Members on the consuming side: input columns of the layers that read the group's channels."""
+    return [m for m in group.members if m.side == "in" and m.dim == 1 and m.attr == "weight"]
+
+
+def consumer_stats(model, blocks, groups, needs, calibration, batch_size, progress, taps=None) -> dict:
+    """Input statistics of every consumer module of ``groups``, from one dense block-wise pass."""
+    if not needs:
+        return {}
+    names = {m.module for g in groups for m in consumers(g)}
+    modules = dict(model.named_modules())
+    block_names = {id(b): n for n, b in model.named_modules()}
+    per_block = []
+    for b in blocks:
+        prefix = block_names[id(b)] + "."
+        per_block.append({n: modules[n] for n in names if n.startswith(prefix)})
+    stats: dict[str, dict] = {}
+
+    def keep(_index, _block, block_stats):
+        stats.update(block_stats)
+
+    run_blockwise(
+        model,
+        blocks,
+        calibration,
+        per_block,
+        needs,
+        keep,
+        mode="dense",
+        batch_size=batch_size,
+        progress=progress,
+        desc="structured statistics",
+        taps=taps,
+    )
+    return stats
+
+
+def primary_consumers(graph) -> set[str]:
+    """Modules that write the residual stream (o_proj, down_proj, out_proj): FLAP's output projections."""
+    everything = list(graph.groups) + [g for g, _why in graph.rejected]
+    return {m.module for g in everything if g.role == "residual" for m in g.members if m.side == "out"}
+
+
+def global_drops(groups, scores, sizes, sparsity, gqa) -> list[torch.Tensor]:
+    """AL-AM: one threshold over per-group standardised scores, weighted by parameters per unit."""
+    std_scores, weights, owners = [], [], []
+    for gi, s in enumerate(scores):
+        s = s.double()
+        z = (s - s.mean()) / (s.std() if s.numel() > 1 and s.std() > 0 else 1.0)
+        std_scores.append(z)
+        weights.append(torch.full_like(z, sizes[gi]))
+        owners.append(torch.full((len(z),), gi, dtype=torch.long))
+    z = torch.cat(std_scores)
+    w = torch.cat(weights)
+    owner = torch.cat(owners)
+    order = torch.argsort(z, stable=True)  # lowest first
+    budget = sparsity * float(w.sum())
+    cum = torch.cumsum(w[order], 0)
+    n_drop = int(torch.searchsorted(cum, torch.tensor(budget, dtype=cum.dtype), right=True))
+    counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups))
+    out = []
+    for group, s, k in zip(groups, scores, counts.tolist()):
+        ratio = min(k, group.num_units - 1) / group.num_units
+        out.append(units_to_drop(group, s, ratio, gqa=gqa))
+    return out
+
+
+def per_unit_sizes(model, group: Group) -> float:
+    """Parameters removed per unit of ``group``."""
+    total = 0.0
+    for m in group.members:
+        p = model.get_parameter(m.param)
+        other = p.numel() // p.shape[m.dim]
+        total += len(m.positions) * other
+    return total / group.num_units
+
+
+def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
+    """Bias deltas W[:, removed] @ mean(x[removed]) for every consumer with statistics."""
+    deltas: dict[str, torch.Tensor] = {}
+    for group, units in plan_decision:
+        for m in consumers(group):
+            if m.module not in stats or "mean" not in stats[m.module]:
+                continue
+            pos = member_positions(m, group, units)
+            if pos.numel() == 0:
+                continue
+            w = model.get_parameter(m.param).detach().float()
+            mean = stats[m.module]["mean"].reshape(-1).float()
+            delta = w[:, pos] @ mean[pos]
+            deltas[m.module] = deltas.get(m.module, 0) + delta
+    return deltas
+
+
+@torch.no_grad()
+def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
+    """Add each delta to its module's bias, creating a zero bias first where there is none."""
+    created = []
+    for name, delta in deltas.items():
+        mod = model.get_submodule(name)
+        if getattr(mod, "bias", None) is None:
+            mod.bias = torch.nn.Parameter(
+                torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype, device=mod.weight.device)
+            )
+            created.append(name)
+        mod.bias.add_(delta.to(mod.bias.dtype).to(mod.bias.device))
+    if created:
+        recorded = list(getattr(model.config, "prunekit_added_biases", []) or [])
+        model.config.prunekit_added_biases = sorted(set(recorded) | set(created))
+    return created
+
+
+def prune_structured(
+    model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
+) -> StructuredPlan:
+    """Score, decide, compensate and cut. Nothing is written before every decision is validated."""
+    structure = opts.get("structure_search", "uniform")
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure_search must be one of {STRUCTURES}, got {structure!r}")
+    compensate = opts.get("bias_compensation")
+    compensate = scorer.compensates if compensate is None else compensate
+    if compensate and calibration is None:
+        raise ValueError("bias compensation needs calibration data (or pass bias_compensation=False)")
+    needs = scorer.needs | (frozenset({"mean"}) if compensate else frozenset())
+    blocks = adapter.layers(model)
+    stats = consumer_stats(
+        model, blocks, groups, needs, calibration, opts["batch_size"], progress, adapter.stat_taps(model)
+    )
+    primary = primary_consumers(graph)
+    scores = []
+    for group in tqdm(groups, desc="scoring groups", disable=not progress):
+        weights = {p: model.get_parameter(p) for p in group.params}
+        readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
+        group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
+        if needs and not group_stats:
+            raise ValueError(
+                f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
+                "has no consuming layer inside the blocks"
+            )
+        scores.append(scorer.unit_scores(group, weights, group_stats))
+    if structure == "global":
+        sizes = [per_unit_sizes(model, g) for g in groups]
+        drops = global_drops(groups, scores, sizes, sparsity, opts["gqa"])
+    else:
+        drops = [units_to_drop(g, s, sparsity, gqa=opts["gqa"]) for g, s in zip(groups, scores)]
+    plan = StructuredPlan([(g, check_units(g, u)) for g, u in zip(groups, drops)])
+    validate_decision(model, plan.decision, graph.param_shapes)
+    if compensate:
+        plan.bias_deltas = compensation(model, plan.decision, stats)
+    add_biases(model, plan.bias_deltas)
+    if opts["mode"] == "hard":
+        remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
+    else:
+        soft_zero(model, plan.decision, shapes=graph.param_shapes)
+    return plan
+
+
+__all__ = ["STRUCTURES", "StructuredPlan", "prune_structured", "dropped_outer"]
