@@ -100,7 +100,12 @@ def global_drops(groups, scores, sizes, sparsity, gqa) -> list[torch.Tensor]:
     counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups))
     out = []
     for group, s, k in zip(groups, scores, counts.tolist()):
-        ratio = min(k, group.num_units - 1) / group.num_units
+        k = min(k, group.num_units - 1)
+        if group.num_outer and group.num_outer != group.num_units:
+            # grouped heads leave in equal numbers per KV group (or whole groups): round down to that step
+            step = group.num_outer if gqa == "heads" else group.units_per_outer
+            k = (k // step) * step
+        ratio = k / group.num_units
         out.append(units_to_drop(group, s, ratio, gqa=gqa))
     return out
 

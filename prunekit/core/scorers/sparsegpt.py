@@ -34,11 +34,16 @@ class SparseGPT(Scorer):
 
     @torch.no_grad()
     def prune_matrix(self, weight, stats, selection):
+        # one thread for the whole matrix: switching per block re-initialises the thread pools
+        with single_thread():
+            return self._prune(weight, stats, selection)
+
+    def _prune(self, weight, stats, selection):
         if "hessian" not in stats:
             raise ValueError("sparsegpt needs the input Hessian of every weight it prunes")
         w = weight.detach().float().clone()
         rows, cols = w.shape
-        hinv, dead = _inverse_factor(stats["hessian"], float(self.config["damp"]), cols)
+        hinv, dead = self._factor(stats["hessian"], cols)
         w[:, dead] = 0
         bs = int(self.config["blocksize"])
         pattern = selection.pattern
@@ -63,12 +68,20 @@ class SparseGPT(Scorer):
                     mask1 = _lowest(saliency.reshape(-1), k).reshape(saliency.shape)
             else:
                 mask1 = torch.zeros_like(w1, dtype=torch.bool)
-            with single_thread():
-                self._sweep(w1, q1, err1, h1, d1, mask1, pattern, count)
+            self._sweep(w1, q1, err1, h1, d1, mask1, pattern, count)
             w[:, i1:i2] = q1
             mask[:, i1:i2] = mask1
             w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
         return w.to(weight.dtype), mask
+
+    def _factor(self, hessian: torch.Tensor, cols: int):
+        """The inverse factor, reused when consecutive layers share their input (q/k/v, gate/up)."""
+        cached = getattr(self, "_last", None)
+        if cached is not None and cached[0].shape == hessian.shape and torch.equal(cached[0], hessian):
+            return cached[1]
+        factor = _inverse_factor(hessian, float(self.config["damp"]), cols)
+        self._last = (hessian, factor)
+        return factor
 
     @staticmethod
     def _sweep(w1, q1, err1, h1, d1, mask1, pattern, count) -> None:

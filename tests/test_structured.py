@@ -1,0 +1,177 @@
+"""Structured scorers (FLAP, Wanda-sp, magnitude-sp), structure search and bias compensation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_tiny_llama
+
+import prunekit
+from prunekit.core.structured import consumers, global_drops
+
+
+def _ids(n=8, length=16, seed=0):
+    return torch.randint(2, 64, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _tiny_mamba(seed=0):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MambaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=3,
+        time_step_rank=4,
+    )
+    return MambaForCausalLM(cfg).eval()
+
+
+def _tiny_mamba2(seed=0):
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Mamba2Config(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        head_dim=4,
+        num_heads=8,
+        n_groups=2,
+        conv_kernel=3,
+        chunk_size=8,
+    )
+    return Mamba2ForCausalLM(cfg).eval()
+
+
+FAMILIES = {"llama": make_tiny_llama, "mamba": _tiny_mamba, "mamba2": _tiny_mamba2}
+
+
+def _inputs_of(model, module_name, ids):
+    box = []
+    handle = model.get_submodule(module_name).register_forward_pre_hook(
+        lambda _m, a: box.append(a[0].detach())
+    )
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    x = torch.cat([b.reshape(-1, b.shape[-1]) for b in box])
+    return x
+
+
+@pytest.mark.parametrize("family", ["llama", "mamba"])
+@pytest.mark.parametrize("method", ["flap", "wanda-sp", "magnitude-sp"])
+def test_hard_removal_with_compensation_matches_soft_masking(family, method):
+    hard, soft = FAMILIES[family](), FAMILIES[family]()
+    kwargs = dict(
+        method=method, sparsity=0.4, structure="structured", calibration=_ids(), bias_compensation=True
+    )
+    report = prunekit.prune(hard, **kwargs)
+    prunekit.prune(soft, mode="soft", **kwargs)
+    assert report.compensated and report.params_after < report.params_before
+    ids = torch.randint(2, 64, (2, 12))
+    torch.testing.assert_close(hard(ids).logits, soft(ids).logits, atol=1e-4, rtol=0)
+    out = hard.generate(ids[:, :4], max_new_tokens=4, do_sample=False)
+    assert out.shape == (2, 8)
+
+
+def test_mamba2_heads_are_removed_and_the_model_runs():
+    model = _tiny_mamba2()
+    report = prunekit.prune(
+        model, method="flap", sparsity=0.5, structure="structured", calibration=_ids(), gqa="heads"
+    )
+    mixer = model.backbone.layers[0].mixer
+    assert mixer.num_heads == 4 and mixer.A_log.shape == (4,) and mixer.out_proj.in_features == 16
+    assert any("mixer" in name for name in report.compensated)
+    out = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_bias_compensation_lowers_each_output_projection_error():
+    dense = make_tiny_llama(seed=11)
+    ids = _ids(16, 24)
+    errors = {}
+    for compensate in (False, True):
+        model = copy.deepcopy(dense)
+        prunekit.prune(
+            model,
+            method="flap",
+            sparsity=0.4,
+            structure="structured",
+            calibration=ids,
+            bias_compensation=compensate,
+            mode="soft",
+        )
+        for layer in range(2):
+            for proj in ("self_attn.o_proj", "mlp.down_proj"):
+                name = f"model.layers.{layer}.{proj}"
+                x = _inputs_of(dense, name, ids)
+                want = dense.get_submodule(name)(x)
+                got = model.get_submodule(name)(x * (model.get_submodule(name).weight.abs().sum(0) > 0))
+                errors[(compensate, name)] = float(((want - got) ** 2).sum().detach())
+    for layer in range(2):
+        for proj in ("self_attn.o_proj", "mlp.down_proj"):
+            name = f"model.layers.{layer}.{proj}"
+            assert errors[(True, name)] < errors[(False, name)], name
+
+
+def test_compensation_creates_a_recorded_bias():
+    model = make_tiny_llama(seed=12)
+    assert model.model.layers[0].mlp.down_proj.bias is None
+    prunekit.prune(model, method="flap", sparsity=0.25, structure="structured", calibration=_ids())
+    assert model.model.layers[0].mlp.down_proj.bias is not None
+    assert "model.layers.0.mlp.down_proj" in model.config.prunekit_added_biases
+
+
+def test_flap_unit_scores_follow_the_weighted_fluctuation():
+    model = make_tiny_llama(seed=13)
+    ids = _ids()
+    graph = prunekit.trace(model)
+    group = graph.find("model.layers.0.mlp")
+    (consumer,) = consumers(group)
+    x = _inputs_of(model, consumer.module, ids)
+    w = model.get_parameter(consumer.param)
+    expected = x.var(0, unbiased=False) * (w * w).sum(0)
+    from prunekit.core.scorers import get_scorer
+
+    stats = {consumer.module: {"mean": x.mean(0), "var": x.var(0, unbiased=False)}}
+    got = get_scorer("flap").unit_scores(group, {p: model.get_parameter(p) for p in group.params}, stats)
+    torch.testing.assert_close(got.float(), expected[consumer.positions], rtol=1e-5, atol=1e-6)
+
+
+def test_global_search_spends_the_parameter_budget_across_groups():
+    model = make_tiny_llama(seed=14)
+    graph = prunekit.trace(model)
+    groups = [g for g in graph.groups if g.role in ("mlp", "attention")]
+    scores = [torch.arange(g.num_units, dtype=torch.float64) * (1 + i) for i, g in enumerate(groups)]
+    sizes = [96.0 if g.role == "mlp" else 4 * 32 * 8 / 1 for g in groups]
+    drops = global_drops(groups, scores, sizes, 0.3, "heads")
+    removed = sum(len(d) * s for d, s in zip(drops, sizes))
+    total = sum(g.num_units * s for g, s in zip(groups, sizes))
+    # grouped heads go in steps of one head per KV group, so each attention group may fall one step short
+    slack = sum(g.num_outer * s for g, s in zip(groups, sizes) if g.num_outer) + max(sizes)
+    assert 0.3 * total - slack <= removed <= 0.3 * total
+    assert all(len(d) < g.num_units for d, g in zip(drops, groups))
+    assert all(torch.equal(d, torch.arange(len(d))) or g.num_outer for d, g in zip(drops, groups))
+
+
+def test_structured_flap_needs_calibration_and_leaves_model_unchanged():
+    model = make_tiny_llama(seed=15)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="needs calibration"):
+        prunekit.prune(model, method="flap", sparsity=0.3, structure="structured")
+    with pytest.raises(ValueError, match="bias compensation needs calibration"):
+        prunekit.prune(
+            model, method="magnitude", sparsity=0.3, structure="structured", bias_compensation=True
+        )
+    with pytest.raises(ValueError, match="does not support unstructured"):
+        prunekit.prune(model, method="flap", sparsity=0.3, calibration=_ids())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
