@@ -97,17 +97,29 @@ def global_drops(groups, scores, sizes, sparsity, gqa) -> list[torch.Tensor]:
     budget = sparsity * float(w.sum())
     cum = torch.cumsum(w[order], 0)
     n_drop = int(torch.searchsorted(cum, torch.tensor(budget, dtype=cum.dtype), right=True))
-    counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups))
-    out = []
-    for group, s, k in zip(groups, scores, counts.tolist()):
-        k = min(k, group.num_units - 1)
-        if group.num_outer and group.num_outer != group.num_units:
+    counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups)).tolist()
+    grouped = [bool(g.num_outer and g.num_outer != g.num_units) for g in groups]
+    for gi, group in enumerate(groups):
+        counts[gi] = min(counts[gi], group.num_units - 1)
+        if grouped[gi]:
             # grouped heads leave in equal numbers per KV group (or whole groups): round down to that step
             step = group.num_outer if gqa == "heads" else group.units_per_outer
-            k = (k // step) * step
-        ratio = k / group.num_units
-        out.append(units_to_drop(group, s, ratio, gqa=gqa))
-    return out
+            counts[gi] = (counts[gi] // step) * step
+    # what rounding left unspent goes to the next-lowest units of freely divisible groups
+    leftover = budget - sum(c * sizes[gi] for gi, c in enumerate(counts))
+    seen = [0] * len(groups)
+    for idx in order.tolist():
+        gi = int(owner[idx])
+        seen[gi] += 1
+        if grouped[gi] or seen[gi] <= counts[gi] or counts[gi] >= groups[gi].num_units - 1:
+            continue
+        if sizes[gi] > leftover:
+            continue
+        counts[gi] += 1
+        leftover -= sizes[gi]
+    return [
+        units_to_drop(group, s, k / group.num_units, gqa=gqa) for group, s, k in zip(groups, scores, counts)
+    ]
 
 
 def per_unit_sizes(model, group: Group) -> float:
