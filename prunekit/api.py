@@ -62,7 +62,7 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seq_len": (256, _number(2, 1 << 20, integer=True)),
     "seed": (0, _number(0, 1 << 62, integer=True)),
     "text_column": ("text", _anything),
-    "structure_search": ("uniform", _choice("uniform", "global")),
+    "structure_search": (None, _choice(None, "uniform", "global")),
     "bias_compensation": (None, _choice(None, True, False)),
 }
 
@@ -166,6 +166,8 @@ def prune(
         raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
     if pruner_opts["granularity"] is None:
         pruner_opts["granularity"] = scorer.default_granularity
+    if pruner_opts["structure_search"] is None:
+        pruner_opts["structure_search"] = scorer.default_structure_search
     calibration = validate_calibration(calibration, model, pruner_opts)
     if (scorer.needs or pruner_opts["allocation"] == "owl") and calibration is None:
         raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(scorer.needs)})")

@@ -29,6 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gqa", choices=("heads", "groups"), default="heads")
     p.add_argument("--mode", choices=("hard", "soft"), default="hard", help="structured: remove or zero")
     p.add_argument("--allocation", choices=("uniform", "owl"), default="uniform", help="per-block sparsity")
+    p.add_argument(
+        "--structure-search",
+        choices=("uniform", "global"),
+        default=None,
+        help="structured: same ratio per group, or one global threshold (default: the method's)",
+    )
+    p.add_argument(
+        "--bias-compensation",
+        choices=("on", "off"),
+        default=None,
+        help="structured: fold removed channels' mean contribution into biases (default: the method's)",
+    )
     p.add_argument("--calibration-mode", choices=("sequential", "dense"), default="sequential")
     p.add_argument("--targets", nargs="*", default=None, help="names, suffixes or re: patterns (or roles)")
     p.add_argument("--ignore", nargs="*", default=None)
@@ -88,6 +100,8 @@ def _prune(args) -> int:
         ignore=args.ignore,
         granularity=args.granularity,
         allocation=args.allocation,
+        structure_search=args.structure_search,
+        bias_compensation=None if args.bias_compensation is None else args.bias_compensation == "on",
         calibration_mode=args.calibration_mode,
         gqa=args.gqa,
         mode=args.mode,

@@ -39,6 +39,8 @@ class Scorer:
     needs: frozenset[str] = frozenset()
     #: which structures the scorer can rank for
     structures: tuple[str, ...] = ("unstructured", "N:M", "structured")
+    #: structured pruning: "uniform" ratio per group or one "global" threshold (FLAP's AL-AM)
+    default_structure_search: str = "uniform"
     #: structured pruning adds W[:, removed] · E[x_removed] to the consumers' biases by default
     compensates: bool = False
     #: "matrix" compares all weights of a matrix, "row" each output row separately (unstructured)

@@ -8,8 +8,8 @@ calibration tokens, since a nearly constant input can be replaced by its mean fo
 - ``WIFN``: mean_i |W_ij| · ||x_j||
 
 A unit's score is the mean over its channels (head scores are squared per channel first, as in the
-paper's code). Use with ``structure_search="global"`` for FLAP's adaptive structure (AL-AM);
-bias compensation is on by default.
+paper's code). FLAP's adaptive structure (AL-AM, ``structure_search="global"``) and bias
+compensation are the defaults.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class FLAP(Scorer):
     structures = ("structured",)
     options = {"metric": "WIFV"}
     compensates = True
+    default_structure_search = "global"
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
