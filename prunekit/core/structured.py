@@ -81,8 +81,13 @@ def primary_consumers(graph) -> set[str]:
     return {m.module for g in everything if g.role == "residual" for m in g.members if m.side == "out"}
 
 
-def global_drops(groups, scores, sizes, sparsity, gqa) -> list[torch.Tensor]:
-    """AL-AM: one threshold over per-group standardised scores, weighted by parameters per unit."""
+def global_drops(groups, scores, sizes, sparsity, gqa, total: float | None = None) -> list[torch.Tensor]:
+    """AL-AM: one threshold over per-group standardised scores, weighted by parameters per unit.
+
+    ``sizes`` are the parameters each unit's removal saves; the budget is ``sparsity`` of ``total``
+    (default: the sum of ``sizes``), e.g. of all attention and MLP weights when key/value rows that
+    cannot leave under the ``"heads"`` policy still count in what the ratio refers to.
+    """
     std_scores, weights, owners = [], [], []
     for gi, s in enumerate(scores):
         s = s.double()
@@ -94,7 +99,7 @@ def global_drops(groups, scores, sizes, sparsity, gqa) -> list[torch.Tensor]:
     w = torch.cat(weights)
     owner = torch.cat(owners)
     order = torch.argsort(z, stable=True)  # lowest first
-    budget = sparsity * float(w.sum())
+    budget = sparsity * (float(w.sum()) if total is None else total)
     cum = torch.cumsum(w[order], 0)
     n_drop = int(torch.searchsorted(cum, torch.tensor(budget, dtype=cum.dtype), right=True))
     counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups)).tolist()
@@ -122,10 +127,16 @@ def global_drops(groups, scores, sizes, sparsity, gqa) -> list[torch.Tensor]:
     ]
 
 
-def per_unit_sizes(model, group: Group) -> float:
-    """Parameters removed per unit of ``group``."""
+def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
+    """Parameters removed per unit of ``group``.
+
+    Under the ``"heads"`` GQA policy every KV group keeps at least one query head, so its key/value
+    rows never leave and do not count; under ``"groups"`` each query head carries its share of them.
+    """
     total = 0.0
     for m in group.members:
+        if m.per_outer and gqa == "heads" and group.num_outer != group.num_units:
+            continue
         p = model.get_parameter(m.param)
         other = p.numel() // p.shape[m.dim]
         total += len(m.positions) * other
@@ -196,8 +207,9 @@ def prune_structured(
             )
         scores.append(scorer.unit_scores(group, weights, group_stats))
     if structure == "global":
-        sizes = [per_unit_sizes(model, g) for g in groups]
-        drops = global_drops(groups, scores, sizes, sparsity, opts["gqa"])
+        sizes = [per_unit_sizes(model, g, opts["gqa"]) for g in groups]
+        total = sum(g.num_units * per_unit_sizes(model, g, "groups") for g in groups)
+        drops = global_drops(groups, scores, sizes, sparsity, opts["gqa"], total)
     else:
         drops = [units_to_drop(g, s, sparsity, gqa=opts["gqa"]) for g, s in zip(groups, scores)]
     plan = StructuredPlan([(g, check_units(g, u)) for g, u in zip(groups, drops)])
