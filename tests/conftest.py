@@ -44,6 +44,45 @@ def make_tiny_llama(seed: int = 0) -> PreTrainedModel:
     return LlamaForCausalLM(config).eval()
 
 
+def make_tiny_mamba(seed: int = 0):
+    """A 2-layer Mamba (v1) with 32 inner channels and a 4-wide dt rank."""
+    import torch
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MambaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=3,
+        time_step_rank=4,
+    )
+    return MambaForCausalLM(cfg).eval()
+
+
+def make_tiny_mamba2(seed: int = 0):
+    """A 2-layer Mamba-2 with 8 heads in 2 B/C groups, small enough for exact comparisons."""
+    import torch
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Mamba2Config(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        head_dim=4,
+        num_heads=8,
+        n_groups=2,
+        conv_kernel=3,
+        chunk_size=8,
+    )
+    return Mamba2ForCausalLM(cfg).eval()
+
+
 def make_byte_tokenizer(with_bos: bool = True) -> PreTrainedTokenizerBase:
     """A byte-level tokenizer (one token per UTF-8 byte) built in memory: no files, no network."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,42 +21,7 @@ from prunekit.core.select import NM, Selection
 METHODS = ["magnitude", "wanda", "sparsegpt", "gblm"]
 
 
-def _tiny_mamba(seed=0):
-    from transformers import MambaConfig, MambaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = MambaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        state_size=4,
-        num_hidden_layers=2,
-        expand=2,
-        conv_kernel=3,
-        time_step_rank=4,
-    )
-    return MambaForCausalLM(cfg).eval()
-
-
-def _tiny_mamba2(seed=0):
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Mamba2Config(
-        vocab_size=64,
-        hidden_size=16,
-        state_size=4,
-        num_hidden_layers=2,
-        expand=2,
-        head_dim=4,
-        num_heads=8,
-        n_groups=2,
-        conv_kernel=3,
-        chunk_size=8,
-    )
-    return Mamba2ForCausalLM(cfg).eval()
-
-
-FAMILIES = {"llama": make_tiny_llama, "mamba": _tiny_mamba, "mamba2": _tiny_mamba2}
+FAMILIES = {"llama": make_tiny_llama, "mamba": make_tiny_mamba, "mamba2": make_tiny_mamba2}
 
 
 def _ids(n=6, length=16, seed=0):
@@ -169,11 +134,11 @@ def test_every_scorer_keeps_the_requested_sparsity_on_every_family(family, metho
 
 
 def test_mamba_default_targets_are_the_four_projections_and_conv_is_opt_in():
-    model = _tiny_mamba()
+    model = make_tiny_mamba()
     report = prunekit.prune(model, method="wanda", sparsity=0.5, calibration=_ids())
     names = {n.split("mixer.")[1] for n in report.masks}
     assert names == {"in_proj.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight"}
-    model = _tiny_mamba()
+    model = make_tiny_mamba()
     report = prunekit.prune(model, method="wanda", sparsity=0.5, calibration=_ids(), targets=["re:conv1d$"])
     assert sorted(report.masks) == [f"backbone.layers.{i}.mixer.conv1d.weight" for i in range(2)]
 
