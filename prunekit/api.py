@@ -64,6 +64,7 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "text_column": ("text", _anything),
     "structure_search": (None, _choice(None, "uniform", "global")),
     "bias_compensation": (None, _choice(None, True, False)),
+    "round_to": (1, _number(1, 1 << 16, integer=True)),
 }
 
 
@@ -145,7 +146,11 @@ def prune(
 
     Pruner options: ``granularity`` ("matrix" | "row"), ``gqa`` ("heads": the same number of query
     heads from every KV group, "groups": whole KV groups), ``mode`` ("hard" removes, "soft" zeroes),
-    ``progress`` (bool). Any other keyword goes to the method's scorer, which refuses unknown ones.
+    ``progress`` (bool), ``allocation`` ("uniform" | "owl", with ``owl_lambda``, ``owl_m``),
+    ``calibration_mode`` ("sequential" | "dense"), ``batch_size``, ``structure_search`` ("uniform" |
+    "global"), ``bias_compensation`` (bool), ``round_to`` (keep a multiple of this many channels);
+    for text calibration ``tokenizer``, ``n_samples``, ``seq_len``, ``seed``, ``text_column``.
+    Any other keyword goes to the method's scorer, which refuses unknown ones.
     Every argument is checked before the model is touched: on error the model is unchanged.
     """
     t0 = time.perf_counter()

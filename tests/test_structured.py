@@ -141,3 +141,12 @@ def test_structured_flap_needs_calibration_and_leaves_model_unchanged():
         prunekit.prune(model, method="flap", sparsity=0.3, calibration=_ids())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_round_to_keeps_channel_counts_multiples_and_allows_nm_afterwards():
+    model = make_tiny_llama(seed=16)
+    prunekit.prune(model, method="flap", sparsity=0.3, structure="structured", calibration=_ids(), round_to=8)
+    widths = [layer.mlp.gate_proj.out_features for layer in model.model.layers]
+    assert all(w % 8 == 0 and w < 48 for w in widths)
+    report = prunekit.prune(model, method="wanda", structure="2:4", calibration=_ids())
+    assert report.achieved == pytest.approx(0.5)

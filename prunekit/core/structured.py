@@ -127,6 +127,16 @@ def global_drops(groups, scores, sizes, sparsity, gqa, total: float | None = Non
     ]
 
 
+def round_kept(group: Group, scores: torch.Tensor, drops: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Keep a multiple of ``multiple`` channels (nearest, at least one multiple) so that shapes stay
+    friendly to kernels and to N:M patterns applied afterwards. Head groups are left as they are."""
+    if group.kind != "channels" or group.num_units <= multiple:
+        return drops
+    kept = group.num_units - len(drops)
+    target = min(group.num_units, max(multiple, int(kept / multiple + 0.5) * multiple))
+    return units_to_drop(group, scores, (group.num_units - target) / group.num_units)
+
+
 def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
     """Parameters removed per unit of ``group``.
 
@@ -212,6 +222,9 @@ def prune_structured(
         drops = global_drops(groups, scores, sizes, sparsity, opts["gqa"], total)
     else:
         drops = [units_to_drop(g, s, sparsity, gqa=opts["gqa"]) for g, s in zip(groups, scores)]
+    round_to = int(opts.get("round_to", 1))
+    if round_to > 1:
+        drops = [round_kept(g, s, d, round_to) for g, s, d in zip(groups, scores, drops)]
     plan = StructuredPlan([(g, check_units(g, u)) for g, u in zip(groups, drops)])
     validate_decision(model, plan.decision, graph.param_shapes)
     if compensate:
