@@ -6,7 +6,7 @@ prunable groups), and the modules :mod:`prunekit.models` (offline models), :mod:
 """
 
 from . import data, eval, models
-from .api import prune
+from .api import prune, task_masks
 from .core.report import PruneReport
 from .core.scorers import SCORERS, Scorer, register_scorer
 from .core.surgery import SurgeryError, remove, soft_zero
@@ -30,5 +30,6 @@ __all__ = [
     "register_scorer",
     "remove",
     "soft_zero",
+    "task_masks",
     "trace",
 ]

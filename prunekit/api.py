@@ -17,7 +17,7 @@ from .adapters import get_adapter
 from .core.report import LayerRow, PruneReport, count_params, short_layer_name
 from .core.scorers import get_scorer
 from .core.select import NM, parse_structure
-from .core.structured import prune_structured
+from .core.structured import plan_structured, prune_structured
 from .core.targets import group_targets, weight_targets
 from .core.unstructured import prune_unstructured
 
@@ -62,7 +62,10 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seq_len": (256, _number(2, 1 << 20, integer=True)),
     "seed": (0, _number(0, 1 << 62, integer=True)),
     "text_column": ("text", _anything),
-    "structure_search": (None, _choice(None, "uniform", "global")),
+    "structure_search": (None, _choice(None, "uniform", "global", "logistic")),
+    "task": (None, _anything),
+    "task_weights": (None, _anything),
+    "logistic": ({}, _anything),
     "bias_compensation": (None, _choice(None, True, False)),
     "round_to": (1, _number(1, 1 << 16, integer=True)),
 }
@@ -129,15 +132,16 @@ def prune(
     model: torch.nn.Module,
     method: str = "magnitude",
     sparsity: float = 0.5,
-    structure: str = "unstructured",
-    calibration: torch.Tensor | None = None,
+    structure: str | None = None,
+    calibration: Any = None,
     targets: str | Sequence[str] | None = None,
     ignore: str | Sequence[str] | None = None,
     **options: Any,
 ) -> PruneReport:
     """Prune ``model`` in place and return a per-layer :class:`PruneReport`.
 
-    ``structure`` is ``"unstructured"``, an N:M pattern such as ``"2:4"`` (N of every M consecutive
+    ``structure`` (default: ``"unstructured"``, or ``"structured"`` for structured-only methods such
+    as FLAP and SEAP) is ``"unstructured"``, an N:M pattern such as ``"2:4"`` (N of every M consecutive
     input weights of a row are zeroed), or ``"structured"`` (whole channels and heads are removed, so
     the model shrinks). ``sparsity`` is the fraction removed: of each targeted matrix (or row, with
     ``granularity="row"``), or of each targeted group's units for structured pruning.
@@ -148,7 +152,9 @@ def prune(
     heads from every KV group, "groups": whole KV groups), ``mode`` ("hard" removes, "soft" zeroes),
     ``progress`` (bool), ``allocation`` ("uniform" | "owl", with ``owl_lambda``, ``owl_m``),
     ``calibration_mode`` ("sequential" | "dense"), ``batch_size``, ``structure_search`` ("uniform" |
-    "global"), ``bias_compensation`` (bool), ``round_to`` (keep a multiple of this many channels);
+    "global" | "logistic", with ``logistic={"first", "last", "k", "x0"}``), ``bias_compensation``
+    (bool), ``task`` and ``task_weights`` (with calibration ``{task: data}``), ``round_to`` (keep a
+    multiple of this many channels);
     for text calibration ``tokenizer``, ``n_samples``, ``seq_len``, ``seed``, ``text_column``.
     Any other keyword goes to the method's scorer, which refuses unknown ones.
     Every argument is checked before the model is touched: on error the model is unchanged.
@@ -161,11 +167,13 @@ def prune(
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must lie in [0, 1), got {sparsity}")
     sparsity = float(sparsity)
-    pattern = parse_structure(structure)
     pruner_opts, scorer_opts = _split_options(options)
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     scorer = get_scorer(method, **scorer_opts)
+    if structure is None:
+        structure = "structured" if scorer.structures == ("structured",) else "unstructured"
+    pattern = parse_structure(structure)
     kind = "N:M" if isinstance(pattern, NM) else pattern
     if kind not in scorer.structures:
         raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
@@ -173,7 +181,16 @@ def prune(
         pruner_opts["granularity"] = scorer.default_granularity
     if pruner_opts["structure_search"] is None:
         pruner_opts["structure_search"] = scorer.default_structure_search
-    calibration = validate_calibration(calibration, model, pruner_opts)
+    if isinstance(calibration, dict):
+        if kind != "structured":
+            raise ValueError(
+                "calibration as a {task: data} dict is for task-specific structured pruning (SEAP)"
+            )
+        if not calibration:
+            raise ValueError("the calibration dict is empty")
+        calibration = {str(k): validate_calibration(v, model, pruner_opts) for k, v in calibration.items()}
+    else:
+        calibration = validate_calibration(calibration, model, pruner_opts)
     if (scorer.needs or pruner_opts["allocation"] == "owl") and calibration is None:
         raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(scorer.needs)})")
 
@@ -254,3 +271,45 @@ def _prune_structured(
     for group, units in plan.decision:
         report.removed[f"{short_layer_name(group.name) or group.role} ({group.role})"] = units.tolist()
     report.compensated = sorted(plan.bias_deltas)
+
+
+def task_masks(
+    model: torch.nn.Module,
+    calibration: dict,
+    method: str = "seap",
+    sparsity: float = 0.2,
+    targets: str | Sequence[str] | None = None,
+    ignore: str | Sequence[str] | None = None,
+    **options: Any,
+):
+    """Compute one structured soft mask per task (and a generic one) and return a switchable
+    :class:`~prunekit.core.task_masks.TaskMasks`; the model stays dense until ``.apply(task)``.
+
+    ``calibration`` is ``{task: token ids | texts | Dataset}``; other arguments as for :func:`prune`.
+    """
+    from .core.task_masks import TaskMasks
+    from .graph import trace
+
+    if not isinstance(calibration, dict) or not calibration:
+        raise ValueError("task_masks needs calibration as a non-empty {task: data} dict")
+    if "task" in options or options.get("mode", "soft") != "soft":
+        raise ValueError("task_masks builds soft masks for every task: do not pass task= or mode=")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must lie in [0, 1), got {sparsity!r}")
+    pruner_opts, scorer_opts = _split_options({**options, "mode": "soft"})
+    scorer = get_scorer(method, **scorer_opts)
+    if "structured" not in scorer.structures:
+        raise ValueError(f"method {method!r} does not do structured pruning")
+    if pruner_opts["structure_search"] is None:
+        pruner_opts["structure_search"] = scorer.default_structure_search
+    data = {str(k): validate_calibration(v, model, pruner_opts) for k, v in calibration.items()}
+    adapter = get_adapter(model)
+    graph = trace(model, adapter=adapter)
+    groups = group_targets(graph.groups, adapter.default_structured_roles, targets, ignore)
+    plans = {}
+    for task in [*data, None]:
+        opts = {**pruner_opts, "task": task}
+        plans[task] = plan_structured(
+            model, adapter, graph, groups, scorer, float(sparsity), data, opts, pruner_opts["progress"]
+        )
+    return TaskMasks(model, adapter, graph, plans)

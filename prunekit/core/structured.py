@@ -28,7 +28,7 @@ from .select import units_to_drop
 from .surgery import _validated as validate_decision
 from .surgery import check_units, dropped_outer, member_positions, remove, soft_zero
 
-STRUCTURES = ("uniform", "global")
+STRUCTURES = ("uniform", "global", "logistic")
 
 
 @dataclass
@@ -188,10 +188,44 @@ def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
     return created
 
 
-def prune_structured(
+def _score_groups(model, groups, scorer, stats, primary, progress) -> list[torch.Tensor]:
+    scores = []
+    for group in tqdm(groups, desc="scoring groups", disable=not progress):
+        weights = {p: model.get_parameter(p) for p in group.params}
+        readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
+        group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
+        if scorer.needs and not group_stats:
+            raise ValueError(
+                f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
+                "has no consuming layer inside the blocks"
+            )
+        scores.append(scorer.unit_scores(group, weights, group_stats))
+    return scores
+
+
+def _blend(per_task: dict[str, list[torch.Tensor]], weights: dict[str, float] | None) -> list[torch.Tensor]:
+    """Generic scores: each task's scores scaled to mean 1 within a group, then a weighted sum."""
+    tasks = list(per_task)
+    weights = weights or {t: 1.0 for t in tasks}
+    out = []
+    for i in range(len(per_task[tasks[0]])):
+        total = 0
+        for t in tasks:
+            s = per_task[t][i].double()
+            total = total + float(weights.get(t, 0.0)) * s / s.abs().mean().clamp_min(1e-30)
+        out.append(total)
+    return out
+
+
+def plan_structured(
     model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
 ) -> StructuredPlan:
-    """Score, decide, compensate and cut. Nothing is written before every decision is validated."""
+    """Score and decide without writing anything: the removals and bias deltas to apply.
+
+    ``calibration`` is token ids, or ``{task: ids}`` for task-specific pruning (SEAP): statistics
+    are gathered per task, and ``opts["task"]`` picks one task's scores, or (``None``) a blend of
+    all tasks weighted by ``opts["task_weights"]``.
+    """
     structure = opts.get("structure_search", "uniform")
     if structure not in STRUCTURES:
         raise ValueError(f"structure_search must be one of {STRUCTURES}, got {structure!r}")
@@ -199,27 +233,35 @@ def prune_structured(
     compensate = scorer.compensates if compensate is None else compensate
     if compensate and calibration is None:
         raise ValueError("bias compensation needs calibration data (or pass bias_compensation=False)")
+    task = opts.get("task")
+    if isinstance(calibration, dict):
+        if task is not None and task not in calibration:
+            raise ValueError(f"task {task!r} is not in the calibration dict (tasks: {sorted(calibration)})")
+    elif task is not None:
+        raise ValueError("task= needs calibration given as a dict {task: texts or token ids}")
     needs = scorer.needs | (frozenset({"mean"}) if compensate else frozenset())
     blocks = adapter.layers(model)
-    stats = consumer_stats(
-        model, blocks, groups, needs, calibration, opts["batch_size"], progress, adapter.stat_taps(model)
-    )
+    taps = adapter.stat_taps(model)
     primary = primary_consumers(graph)
-    scores = []
-    for group in tqdm(groups, desc="scoring groups", disable=not progress):
-        weights = {p: model.get_parameter(p) for p in group.params}
-        readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
-        group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
-        if needs and not group_stats:
-            raise ValueError(
-                f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
-                "has no consuming layer inside the blocks"
-            )
-        scores.append(scorer.unit_scores(group, weights, group_stats))
+    sources = calibration if isinstance(calibration, dict) else {None: calibration}
+    stats_by, scores_by = {}, {}
+    for name, ids in sources.items():
+        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], progress, taps)
+        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, progress)
+    if isinstance(calibration, dict) and task is None:
+        scores = _blend(scores_by, opts.get("task_weights"))
+        stats = _pooled(stats_by)
+    else:
+        key = task if isinstance(calibration, dict) else None
+        scores, stats = scores_by[key], stats_by[key]
+
     if structure == "global":
         sizes = [per_unit_sizes(model, g, opts["gqa"]) for g in groups]
         total = sum(g.num_units * per_unit_sizes(model, g, "groups") for g in groups)
         drops = global_drops(groups, scores, sizes, sparsity, opts["gqa"], total)
+    elif structure == "logistic":
+        ratios = logistic_ratios(groups, sparsity, **opts.get("logistic", {}))
+        drops = [units_to_drop(g, s, r, gqa=opts["gqa"]) for g, s, r in zip(groups, scores, ratios)]
     else:
         drops = [units_to_drop(g, s, sparsity, gqa=opts["gqa"]) for g, s in zip(groups, scores)]
     round_to = int(opts.get("round_to", 1))
@@ -229,12 +271,79 @@ def prune_structured(
     validate_decision(model, plan.decision, graph.param_shapes)
     if compensate:
         plan.bias_deltas = compensation(model, plan.decision, stats)
-    add_biases(model, plan.bias_deltas)
-    if opts["mode"] == "hard":
-        remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
-    else:
-        soft_zero(model, plan.decision, shapes=graph.param_shapes)
     return plan
 
 
-__all__ = ["STRUCTURES", "StructuredPlan", "prune_structured", "dropped_outer"]
+def _pooled(stats_by: dict) -> dict:
+    """Token-weighted mean of the per-task means (all compensation needs)."""
+    out: dict[str, dict] = {}
+    for stats in stats_by.values():
+        for module, st in stats.items():
+            if "mean" not in st:
+                continue
+            acc = out.setdefault(module, {"sum": 0, "n": 0})
+            acc["sum"] = acc["sum"] + st["mean"].double() * st["n_tokens"]
+            acc["n"] += st["n_tokens"]
+    return {m: {"mean": (a["sum"] / max(1, a["n"])).float()} for m, a in out.items()}
+
+
+def logistic_ratios(groups, sparsity: float, first: int = 2, last: int = 2, k: float = 1.2, x0: float = 0.3):
+    """SEAP's layer schedule: the first/last blocks stay dense, the rest follow a logistic ramp.
+
+    Block i of the L - first - last pruned ones gets λ / (1 + exp(-k (x_i - x0))), x_i = i / (n - 1),
+    with λ found by bisection so that the mean over *all* blocks equals ``sparsity``.
+    """
+    import math
+
+    layers = sorted({g.layer_index() for g in groups if g.layer_index() is not None})
+    if not layers:
+        return [sparsity for _ in groups]
+    n = len(layers) - first - last
+    if n <= 0:
+        raise ValueError(
+            f"logistic schedule: {first} + {last} protected blocks leave none of {len(layers)} to prune"
+        )
+    target = sparsity * len(layers) / n
+    if target >= 1:
+        raise ValueError(
+            f"sparsity {sparsity} cannot be reached with {first} + {last} of {len(layers)} blocks dense"
+        )
+    xs = [i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+    shape = [1 / (1 + math.exp(-k * (x - x0))) for x in xs]
+    lo, hi = 0.0, 10.0
+    for _ in range(100):
+        lam = (lo + hi) / 2
+        mean = sum(min(lam * v, 0.999) for v in shape) / n
+        lo, hi = (lam, hi) if mean < target else (lo, lam)
+    per_layer = {layer: 0.0 for layer in layers}
+    for layer, v in zip(layers[first : first + n], shape):
+        per_layer[layer] = min(lo * v, 0.999)
+    return [per_layer.get(g.layer_index(), sparsity) for g in groups]
+
+
+def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:
+    """Write a validated plan: biases first (positions refer to traced shapes), then the removal."""
+    add_biases(model, plan.bias_deltas)
+    if mode == "hard":
+        remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
+    else:
+        soft_zero(model, plan.decision, shapes=graph.param_shapes)
+
+
+def prune_structured(
+    model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
+) -> StructuredPlan:
+    """Plan, then apply: nothing is written before every decision is validated."""
+    plan = plan_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
+    apply_plan(model, adapter, graph, plan, opts["mode"])
+    return plan
+
+
+__all__ = [
+    "STRUCTURES",
+    "StructuredPlan",
+    "apply_plan",
+    "plan_structured",
+    "prune_structured",
+    "dropped_outer",
+]
