@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .adapters import get_adapter
-from .core.report import LayerRow, PruneReport, count_params, short_layer_name
+from .core.report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
 from .core.scorers import get_scorer
 from .core.select import NM, parse_structure
 from .core.structured import plan_structured, prune_structured
@@ -197,6 +197,7 @@ def prune(
     adapter = get_adapter(model)
     layer_names = _layer_names(model, adapter)
     before = count_params(model, layer_names)
+    flops_before = matmul_flops(model)
     shown = {k: v for k, v in pruner_opts.items() if k != "tokenizer"}
     report = PruneReport(method, str(pattern), sparsity, [], options={**shown, **scorer.config})
     progress = pruner_opts["progress"]
@@ -239,6 +240,7 @@ def prune(
                 row.targeted += mod.weight.numel()
                 row.zeros += int((mod.weight == 0).sum())
         report.rows.append(row)
+    report.flops_per_token = (flops_before, matmul_flops(model))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -270,6 +272,9 @@ def _prune_structured(
     plan = prune_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
     for group, units in plan.decision:
         report.removed[f"{short_layer_name(group.name) or group.role} ({group.role})"] = units.tolist()
+        layer = group.layer_index()
+        row = f"layers.{layer}" if layer is not None else "(other)"
+        report.units.setdefault(row, {})[group.role] = (group.num_units, group.num_units - len(units))
     report.compensated = sorted(plan.bias_deltas)
 
 

@@ -150,3 +150,16 @@ def test_round_to_keeps_channel_counts_multiples_and_allows_nm_afterwards():
     assert all(w % 8 == 0 and w < 48 for w in widths)
     report = prunekit.prune(model, method="wanda", structure="2:4", calibration=_ids())
     assert report.achieved == pytest.approx(0.5)
+
+
+def test_report_counts_units_and_matmul_flops_per_block():
+    model = make_tiny_llama(seed=17)
+    report = prunekit.prune(model, method="flap", sparsity=0.3, calibration=_ids(), structure_search="uniform")
+    for i, layer in enumerate(model.model.layers):
+        units = report.units[f"layers.{i}"]
+        assert units["mlp"] == (48, layer.mlp.gate_proj.out_features)
+        assert units["attention"] == (4, layer.self_attn.q_proj.out_features // 8)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert report.flops_per_token[1] == 2 * sum(m.weight.numel() for m in linear)
+    assert report.flops_per_token[1] < report.flops_per_token[0]
+    assert "units per block" in str(report) and "matmul FLOPs per token" in str(report)

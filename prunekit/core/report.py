@@ -42,6 +42,11 @@ class PruneReport:
     options: dict[str, Any] = field(default_factory=dict)
     #: module name -> relative reconstruction error ||WX - ŴX||² / ||WX||² (SparseGPT)
     errors: dict[str, float] = field(default_factory=dict)
+    #: structured: block name -> role -> (units before, units after), e.g. heads or channels
+    units: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    #: dense matmul FLOPs per token (2 x multiply-accumulates of every Linear/Conv1d), before and after;
+    #: the attention score and value products, which grow with context, are not included
+    flops_per_token: tuple[int, int] = (0, 0)
     #: consumer layers whose bias received structured-pruning compensation
     compensated: list[str] = field(default_factory=list)
     #: block index -> sparsity it received (differs per block with OWL)
@@ -88,6 +93,8 @@ class PruneReport:
             ],
             "removed": self.removed,
             "errors": self.errors,
+            "units": {row: {k: list(v) for k, v in roles.items()} for row, roles in self.units.items()},
+            "flops_per_token": list(self.flops_per_token),
             "block_sparsity": self.block_sparsity,
         }
 
@@ -123,6 +130,15 @@ class PruneReport:
         fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
         lines = [head, fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*row) for row in body]
+        if self.units:
+            lines.append("units per block (before → after):")
+            for row, roles in self.units.items():
+                lines.append(f"  {row}: " + ", ".join(f"{role} {a}→{b}" for role, (a, b) in roles.items()))
+        if self.flops_per_token[0]:
+            before, after = self.flops_per_token
+            lines.append(
+                f"matmul FLOPs per token: {before / 1e6:.1f}M → {after / 1e6:.1f}M ({after / before:.3f}×)"
+            )
         if self.skipped:
             lines.append(f"{len(self.skipped)} group(s) not prunable in this family (see report.skipped)")
         return "\n".join(lines)
@@ -149,3 +165,16 @@ def short_layer_name(name: str) -> str:
         if name.startswith(prefix):
             return name[len(prefix) :]
     return name
+
+
+def matmul_flops(model: torch.nn.Module) -> int:
+    """2 x the multiply-accumulates per token of every Linear and Conv1d (tied weights count per use).
+
+    Zeroed weights still count: dense kernels multiply them. The embedding lookup costs nothing."""
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            total += 2 * mod.weight.numel()
+        elif isinstance(mod, torch.nn.Conv1d):
+            total += 2 * mod.weight.numel()
+    return total
