@@ -138,7 +138,7 @@ def test_structured_flap_needs_calibration_and_leaves_model_unchanged():
             model, method="magnitude", sparsity=0.3, structure="structured", bias_compensation=True
         )
     with pytest.raises(ValueError, match="does not support unstructured"):
-        prunekit.prune(model, method="flap", sparsity=0.3, calibration=_ids())
+        prunekit.prune(model, method="flap", sparsity=0.3, calibration=_ids(), structure="unstructured")
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -154,7 +154,9 @@ def test_round_to_keeps_channel_counts_multiples_and_allows_nm_afterwards():
 
 def test_report_counts_units_and_matmul_flops_per_block():
     model = make_tiny_llama(seed=17)
-    report = prunekit.prune(model, method="flap", sparsity=0.3, calibration=_ids(), structure_search="uniform")
+    report = prunekit.prune(
+        model, method="flap", sparsity=0.3, calibration=_ids(), structure_search="uniform"
+    )
     for i, layer in enumerate(model.model.layers):
         units = report.units[f"layers.{i}"]
         assert units["mlp"] == (48, layer.mlp.gate_proj.out_features)
