@@ -165,3 +165,17 @@ def test_report_counts_units_and_matmul_flops_per_block():
     assert report.flops_per_token[1] == 2 * sum(m.weight.numel() for m in linear)
     assert report.flops_per_token[1] < report.flops_per_token[0]
     assert "units per block" in str(report) and "matmul FLOPs per token" in str(report)
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_state_dimensions_prune_structurally(family):
+    model = FAMILIES[family]()
+    report = prunekit.prune(
+        model, method="magnitude", sparsity=0.5, structure="structured", targets=["ssm_state"]
+    )
+    assert report.units["layers.0"]["ssm_state"] == (4, 2)
+    assert model.config.state_size == 2
+    mixer = model.backbone.layers[0].mixer
+    assert mixer.ssm_state_size == 2 and mixer.A_log.shape[-1 if family == "mamba" else 0] in (2, 8)
+    out = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 6)
