@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--text", default=None)
     e.add_argument("--seq-len", type=int, default=256)
     e.add_argument("--eval-windows", type=int, default=None)
+
+    from .commands import discover
+
+    for module in discover():
+        c = sub.add_parser(module.NAME, help=module.HELP)
+        module.add_arguments(c)
+        c.set_defaults(_run=module.run)
     return parser
 
 
@@ -152,7 +159,8 @@ def _eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"graph": _graph, "prune": _prune, "eval": _eval}[args.command](args)
+        builtin = {"graph": _graph, "prune": _prune, "eval": _eval}
+        return builtin[args.command](args) if args.command in builtin else args._run(args)
     except (ValueError, TypeError, ImportError) as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2
