@@ -117,6 +117,22 @@ def validate_calibration(
     return calibration
 
 
+def default_structure(method: str | Any) -> str:
+    """The structure ``prune`` uses when none is given: ``"structured"`` for methods that can only
+    remove whole units (FLAP, SEAP, Wanda-sp, ...), else ``"unstructured"``.
+
+    ``method`` is a registered method name or a scorer (class or instance). Kept in one place so that
+    callers looping over methods (sweeps) resolve the default exactly as a single call would.
+    """
+    if isinstance(method, str):
+        from .core.scorers import SCORERS
+
+        if method not in SCORERS:
+            raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(SCORERS))}")
+        method = SCORERS[method]
+    return "structured" if tuple(method.structures) == ("structured",) else "unstructured"
+
+
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     pruner = {k: default for k, (default, _check) in PRUNER_OPTIONS.items()}
     scorer = {}
@@ -172,7 +188,7 @@ def prune(
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     scorer = get_scorer(method, **scorer_opts)
     if structure is None:
-        structure = "structured" if scorer.structures == ("structured",) else "unstructured"
+        structure = default_structure(scorer)
     pattern = parse_structure(structure)
     kind = "N:M" if isinstance(pattern, NM) else pattern
     if kind not in scorer.structures:
