@@ -29,6 +29,7 @@ DEFAULT_POINTS = [
         ("flap", "uniform"),
         ("wanda-sp", "uniform"),
         ("magnitude-sp", "uniform"),
+        ("seap", "logistic"),
     )
 ]
 

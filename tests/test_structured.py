@@ -179,3 +179,43 @@ def test_state_dimensions_prune_structurally(family):
     assert mixer.ssm_state_size == 2 and mixer.A_log.shape[-1 if family == "mamba" else 0] in (2, 8)
     out = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 6)
+
+
+def test_taylor_drops_the_mlp_channels_of_lowest_first_order_saliency():
+    """Independent reference: autograd on a copy, saliency |w·g| summed over gate/up rows and down columns."""
+    model = make_tiny_llama(seed=3)
+    ids = _ids(n=4, length=16, seed=5)
+    ref = copy.deepcopy(model)
+    loss = sum(ref(input_ids=row[None], labels=row[None]).loss for row in ids)
+    loss.backward()
+    mlp = ref.model.layers[1].mlp
+    saliency = sum(
+        (getattr(mlp, name).weight * getattr(mlp, name).weight.grad).abs().sum(dim=1)
+        for name in ("gate_proj", "up_proj")
+    ) + (mlp.down_proj.weight * mlp.down_proj.weight.grad).abs().sum(dim=0)
+    report = prunekit.prune(
+        model, method="taylor", sparsity=0.25, calibration=ids, targets=["mlp"], structure_search="uniform"
+    )
+    removed = report.removed[next(n for n in report.removed if n.startswith("layers.1.mlp"))]
+    expected = sorted(torch.argsort(saliency.detach(), stable=True)[:12].tolist())
+    assert removed == expected
+    assert model.model.layers[1].mlp.down_proj.in_features == 36
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_taylor_prunes_ssm_groups_including_state_dimensions(family):
+    model = FAMILIES[family]()
+    before = sum(p.numel() for p in model.parameters())
+    report = prunekit.prune(model, method="taylor", sparsity=0.5, calibration=_ids(4), targets=["ssm_state"])
+    assert report.units["layers.0"]["ssm_state"] == (4, 2)
+    assert sum(p.numel() for p in model.parameters()) < before
+    out = model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 6)
+
+
+def test_taylor_without_calibration_fails_before_touching_the_model():
+    model = make_tiny_llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="needs calibration"):
+        prunekit.prune(model, method="taylor", sparsity=0.2)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -22,6 +22,33 @@ def gradient_norms(
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``{name: sqrt(sum over sequences of (scale * grad)^2)}`` for each weight in ``weights``."""
+
+    def add(acc, grad):
+        g = grad.float() * scale
+        acc += g * g
+
+    return {n: a.sqrt_() for n, a in _accumulate(model, ids, weights, add, progress).items()}
+
+
+def gradient_sums(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    weights: dict[str, torch.nn.Parameter],
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``{name: sum over sequences of dL_s/dW}``: the gradient of the summed calibration loss, which a
+    first-order Taylor expansion of the loss needs (``L(W - w) - L(W) ≈ -g·w``)."""
+
+    def add(acc, grad):
+        acc += grad.float()
+
+    return _accumulate(model, ids, weights, add, progress)
+
+
+def _accumulate(model, ids, weights, add, progress) -> dict[str, torch.Tensor]:
+    """Run one sequence at a time with gradients only on ``weights``; ``add(acc, grad)`` folds each
+    sequence's gradient into an fp32 accumulator per weight. Leaves ``requires_grad`` flags, ``.grad``
+    and train/eval mode as they were."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     targets = {id(p) for p in weights.values()}
     acc = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in weights.items()}
@@ -39,12 +66,11 @@ def gradient_norms(
             loss.backward()
             with torch.no_grad():
                 for name, p in weights.items():
-                    g = p.grad.float() * scale
-                    acc[name] += g * g
+                    add(acc[name], p.grad)
                     p.grad = None
     finally:
         for name, p in model.named_parameters():
             p.grad = None
             p.requires_grad_(flags[name])
         model.train(was_training)
-    return {name: a.sqrt_() for name, a in acc.items()}
+    return acc

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..graph.groups import Group
 from .calibration import run_blockwise
+from .gradients import gradient_sums
 from .select import units_to_drop
 from .surgery import _validated as validate_decision
 from .surgery import check_units, dropped_outer, member_positions, remove, soft_zero
@@ -188,12 +189,16 @@ def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
     return created
 
 
-def _score_groups(model, groups, scorer, stats, primary, progress) -> list[torch.Tensor]:
+def _score_groups(model, groups, scorer, stats, primary, progress, grads=None) -> list[torch.Tensor]:
     scores = []
     for group in tqdm(groups, desc="scoring groups", disable=not progress):
         weights = {p: model.get_parameter(p) for p in group.params}
         readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
         group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
+        if grads:  # parameter gradients ride along as "grad.<attr>" of each member's module
+            for m in group.members:
+                module_stats = group_stats.setdefault(m.module, {})
+                group_stats[m.module] = {**module_stats, f"grad.{m.attr}": grads[m.param]}
         if scorer.needs and not group_stats:
             raise ValueError(
                 f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
@@ -240,6 +245,8 @@ def plan_structured(
     elif task is not None:
         raise ValueError("task= needs calibration given as a dict {task: texts or token ids}")
     needs = scorer.needs | (frozenset({"mean"}) if compensate else frozenset())
+    wants_grads = "param_grad" in needs
+    needs = needs - {"param_grad"}
     blocks = adapter.layers(model)
     taps = adapter.stat_taps(model)
     primary = primary_consumers(graph)
@@ -247,7 +254,11 @@ def plan_structured(
     stats_by, scores_by = {}, {}
     for name, ids in sources.items():
         stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], progress, taps)
-        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, progress)
+        grads = None
+        if wants_grads:
+            params = {p: model.get_parameter(p) for g in groups for p in g.params}
+            grads = gradient_sums(model, ids, params, progress=progress)
+        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, progress, grads)
     if isinstance(calibration, dict) and task is None:
         scores = _blend(scores_by, opts.get("task_weights"))
         stats = _pooled(stats_by)

@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (each registers itself)
     seap,
     sparsegpt,
     structured_baselines,
+    taylor,
     wanda,
 )
 from .base import SCORERS, Scorer, get_scorer, register_scorer, unit_sum
