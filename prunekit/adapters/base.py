@@ -97,12 +97,78 @@ class Adapter:
         base = getattr(model, getattr(model, "base_model_prefix", "model"), model)
         return list(getattr(base, "layers", []))
 
+    # ------------------------------------------------------------------ saving and loading
+    #: the per-layer fields :meth:`sync` records in ``config.prunekit_layers``
+    layer_fields: tuple[str, ...] = ()
+    #: config flag -> module names (within a block) whose bias the family's code creates when it is set
+    bias_flags: dict[str, tuple[str, ...]] = {}
+
+    def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
+        """Reshape a freshly built (dense-config) model so that every block has the recorded sizes.
+
+        The new tensors are uninitialised: a loader fills them from the checkpoint right after. Ends with
+        :meth:`sync`, so module attributes and ``config.prunekit_layers`` follow the new shapes, and
+        raises ``ValueError`` when the shapes that come out do not reproduce ``per_layer``.
+        """
+        raise NotImplementedError(f"the {self.name} adapter cannot rebuild per-layer sizes")
+
+    def check_layer_fields(self, model: torch.nn.Module, per_layer: Any) -> None:
+        """Raise ``ValueError`` unless ``per_layer`` is one dict of positive ints per block, same keys."""
+        layers = self.layers(model)
+        if not isinstance(per_layer, list) or len(per_layer) != len(layers):
+            raise ValueError(
+                f"per-layer fields must be a list with one entry per block ({len(layers)}), got "
+                f"{len(per_layer) if isinstance(per_layer, list) else type(per_layer).__name__}"
+            )
+        for i, fields in enumerate(per_layer):
+            if not isinstance(fields, dict) or set(fields) != set(self.layer_fields):
+                got = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+                want = sorted(self.layer_fields)
+                raise ValueError(f"layer {i}: per-layer fields must be {want}, got {got}")
+            for key, value in fields.items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"layer {i}: {key} must be a positive integer, got {value!r}")
+
+    def finish_layer_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
+        """Sync after :meth:`apply_layer_fields` and check that the shapes reproduce ``per_layer``."""
+        self.sync(model)
+        got = getattr(model.config, "prunekit_layers", None)
+        for i, (want, have) in enumerate(zip(per_layer, got or [])):
+            if want != have:
+                raise ValueError(f"layer {i}: per-layer fields {want} are inconsistent (shapes give {have})")
+
+    def plain_config_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> dict | None:
+        """Top-level config values from which the family's own class builds exactly these blocks.
+
+        None when it cannot (the blocks differ): then a plain ``from_pretrained`` must fail on the first
+        mismatching tensor, which :meth:`base_config_fields` ensures.
+        """
+        return dict(per_layer[0]) if per_layer and self.is_uniform(per_layer) else None
+
+    def base_config_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> dict:
+        """Top-level values for a model the class cannot build from one config: the sizes before pruning.
+
+        The blocks are rebuilt from the per-layer list anyway; the pre-pruning sizes make a plain loader
+        build the dense shapes and stop with a size mismatch instead of loading something else.
+        """
+        base = getattr(model.config, "prunekit_base_fields", None) or {}
+        return {k: v for k, v in base.items() if k in self.layer_fields}
+
+    @staticmethod
+    def is_uniform(per_layer: list[dict[str, Any]]) -> bool:
+        return all(fields == per_layer[0] for fields in per_layer)
+
     @staticmethod
     def set_layer_fields(model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
         """Write per-layer sizes into the config: global fields when uniform, and always a per-layer list."""
         config = model.config
         if not per_layer:
             return
+        base = dict(getattr(config, "prunekit_base_fields", None) or {})
+        for key in per_layer[0]:
+            if key not in base and isinstance(getattr(config, key, None), int):
+                base[key] = getattr(config, key)  # the size before the first pruning, kept for saving
+        config.prunekit_base_fields = base
         for key in per_layer[0]:
             values = {d[key] for d in per_layer}
             if len(values) == 1:
@@ -140,3 +206,27 @@ def sync_standard_modules(model: torch.nn.Module) -> None:
                 mod.in_channels = int(mod.weight.shape[1]) * mod.groups
         elif isinstance(mod, torch.nn.LayerNorm) and mod.weight is not None:
             mod.normalized_shape = tuple(mod.weight.shape)
+
+
+def resize_parameter(module: torch.nn.Module, name: str, shape: tuple[int, ...]) -> None:
+    """Give ``module.<name>`` an uninitialised tensor of ``shape`` (same dtype, device; a no-op if equal).
+
+    A missing (None) parameter stays missing: whether a bias exists is the loader's business.
+    """
+    old = getattr(module, name, None)
+    if old is None or tuple(old.shape) == tuple(shape):
+        return
+    new = torch.empty(shape, dtype=old.dtype, device=old.device)
+    setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+
+
+def resize_linear(linear: torch.nn.Module, out_features: int, in_features: int) -> None:
+    """Reshape a Linear's weight (and bias, if it has one) to ``[out, in]``."""
+    resize_parameter(linear, "weight", (out_features, in_features))
+    resize_parameter(linear, "bias", (out_features,))
+
+
+def resize_depthwise_conv(conv: torch.nn.Conv1d, channels: int) -> None:
+    """Reshape a depthwise Conv1d (one filter per channel) to ``channels`` channels."""
+    resize_parameter(conv, "weight", (channels, 1, conv.weight.shape[-1]))
+    resize_parameter(conv, "bias", (channels,))

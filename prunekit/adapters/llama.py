@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.groups import Group
-from .base import Adapter, register_adapter
+from .base import Adapter, register_adapter, resize_linear
 
 
 @register_adapter
@@ -14,6 +14,11 @@ class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "smollm3")
     supported_roles = ("residual", "attention", "mlp")
     default_structured_roles = ("attention", "mlp")
+    layer_fields = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+    bias_flags = {
+        "attention_bias": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    }
 
     def role(self, group: Group, model: torch.nn.Module) -> str:
         base = super().role(group, model)
@@ -61,3 +66,19 @@ class LlamaAdapter(Adapter):
                 }
             )
         self.set_layer_fields(model, per_layer)
+
+    def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> None:
+        head_dim, hidden = self.head_dim(model), int(model.config.hidden_size)
+        for i, (layer, fields) in enumerate(zip(self.layers(model), per_layer)):
+            n_q, n_kv = fields["num_attention_heads"], fields["num_key_value_heads"]
+            if n_q % n_kv:
+                raise ValueError(f"layer {i}: {n_q} query heads do not split into {n_kv} key/value groups")
+            attn, mlp = layer.self_attn, layer.mlp
+            resize_linear(attn.q_proj, n_q * head_dim, hidden)
+            resize_linear(attn.k_proj, n_kv * head_dim, hidden)
+            resize_linear(attn.v_proj, n_kv * head_dim, hidden)
+            resize_linear(attn.o_proj, hidden, n_q * head_dim)
+            resize_linear(mlp.gate_proj, fields["intermediate_size"], hidden)
+            resize_linear(mlp.up_proj, fields["intermediate_size"], hidden)
+            resize_linear(mlp.down_proj, hidden, fields["intermediate_size"])
+        self.finish_layer_fields(model, per_layer)

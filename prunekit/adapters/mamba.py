@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.groups import Group
-from .base import Adapter, register_adapter
+from .base import Adapter, register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
 
 
 @register_adapter
@@ -15,6 +15,8 @@ class MambaAdapter(Adapter):
     supported_roles = ("residual", "ssm_inner", "ssm_dt_rank", "ssm_state")
     default_structured_roles = ("ssm_inner",)
     opaque_modules: dict[str, str] = {}
+    layer_fields = ("intermediate_size", "state_size", "time_step_rank")
+    bias_flags = {"use_bias": ("mixer.in_proj", "mixer.out_proj")}
 
     def role(self, group: Group, model: torch.nn.Module) -> str:
         base = super().role(group, model)
@@ -60,3 +62,17 @@ class MambaAdapter(Adapter):
                 }
             )
         self.set_layer_fields(model, per_layer)
+
+    def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> None:
+        hidden = int(model.config.hidden_size)
+        for layer, fields in zip(self.layers(model), per_layer):
+            mix = layer.mixer
+            inner, state, rank = fields["intermediate_size"], fields["state_size"], fields["time_step_rank"]
+            resize_linear(mix.in_proj, 2 * inner, hidden)
+            resize_depthwise_conv(mix.conv1d, inner)
+            resize_linear(mix.x_proj, rank + 2 * state, inner)
+            resize_linear(mix.dt_proj, inner, rank)
+            resize_parameter(mix, "A_log", (inner, state))
+            resize_parameter(mix, "D", (inner,))
+            resize_linear(mix.out_proj, hidden, inner)
+        self.finish_layer_fields(model, per_layer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.groups import Group
-from .base import Adapter, register_adapter
+from .base import Adapter, register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
 
 
 @register_adapter
@@ -14,6 +14,8 @@ class Mamba2Adapter(Adapter):
     model_types = ("mamba2",)
     supported_roles = ("residual", "ssm_heads", "ssm_state")
     default_structured_roles = ("ssm_heads",)
+    layer_fields = ("num_heads", "n_groups", "state_size", "intermediate_size")
+    bias_flags = {"use_bias": ("mixer.in_proj", "mixer.out_proj")}
 
     def role(self, group: Group, model: torch.nn.Module) -> str:
         base = super().role(group, model)
@@ -92,3 +94,48 @@ class Mamba2Adapter(Adapter):
                 }
             )
         self.set_layer_fields(model, per_layer)
+
+    def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> None:
+        hidden = int(model.config.hidden_size)
+        for i, (layer, fields) in enumerate(zip(self.layers(model), per_layer)):
+            mix = layer.mixer
+            heads, groups = fields["num_heads"], fields["n_groups"]
+            state, inner = fields["state_size"], fields["intermediate_size"]
+            if inner != heads * mix.head_dim or heads % groups:
+                raise ValueError(
+                    f"layer {i}: {heads} heads of {mix.head_dim} channels in {groups} groups do not give "
+                    f"intermediate_size {inner}"
+                )
+            # the gated-MLP part of in_proj (zero wide in released models) is not pruned: keep its width
+            d_mlp = (
+                mix.in_proj.out_features
+                - 2 * mix.intermediate_size
+                - 2 * mix.n_groups * mix.ssm_state_size
+                - mix.num_heads
+            ) // 2
+            conv_dim = inner + 2 * groups * state
+            resize_linear(mix.in_proj, 2 * d_mlp + inner + conv_dim + heads, hidden)
+            resize_depthwise_conv(mix.conv1d, conv_dim)
+            for name in ("dt_bias", "A_log", "D"):
+                resize_parameter(mix, name, (heads,))
+            resize_parameter(mix.norm, "weight", (inner,))
+            resize_linear(mix.out_proj, hidden, inner)
+            mix.ssm_state_size = state
+        self.finish_layer_fields(model, per_layer)
+
+    def plain_config_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> dict | None:
+        """Mamba2Config derives the inner width as ``expand * hidden_size`` (``expand`` an int) and checks
+        it against ``num_heads * head_dim``: uniform blocks are expressible only when the inner width is a
+        multiple of the hidden size."""
+        fields = super().plain_config_fields(model, per_layer)
+        hidden = int(model.config.hidden_size)
+        if fields is None or fields["intermediate_size"] % hidden:
+            return None
+        return {**fields, "expand": fields["intermediate_size"] // hidden}
+
+    def base_config_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> dict:
+        """``num_heads`` must agree with ``expand`` for the config to validate at all."""
+        cfg = model.config
+        fields = super().base_config_fields(model, per_layer)
+        fields.pop("intermediate_size", None)
+        return {**fields, "num_heads": int(cfg.expand) * int(cfg.hidden_size) // int(cfg.head_dim)}
