@@ -1,0 +1,193 @@
+"""Loading a saved directory: build from config, reshape blocks, create added biases, load strictly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from ..adapters import get_adapter
+from .format import FORMAT, LIVE_KEYS, MASKS_FILE, SECTION, CheckpointError
+
+__all__ = ["from_pretrained", "is_prunekit_dir", "load_masks", "module_named"]
+
+
+def is_prunekit_dir(directory: str | Path) -> bool:
+    """True when ``directory`` holds a config.json written by prunekit (section or per-layer fields)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return SECTION in config or "prunekit_layers" in config
+
+
+def from_pretrained(directory: str | Path, torch_dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Rebuild a model saved by :func:`save_pretrained` (or any Hugging Face safetensors directory).
+
+    The config builds the model, the adapter reshapes each block to the recorded sizes, added biases
+    are created, and then every tensor is loaded strictly. ``torch_dtype`` defaults to the saved dtype.
+
+    Raises:
+        CheckpointError: a tensor is missing, unexpected, or shaped differently from what the config
+            (with its per-layer sizes) describes; or a recorded zero bias is not zero.
+        ValueError: no config.json, or a ``prunekit`` section this version cannot read.
+    """
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a saved model directory: it has no config.json")
+    raw = json.loads((path / "config.json").read_text())
+    section = _read_section(raw)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    for key in (SECTION, *LIVE_KEYS):
+        if hasattr(config, key):
+            delattr(config, key)
+    dtype = torch_dtype or _saved_dtype(config)
+
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every tensor is overwritten from the checkpoint
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+
+    adapter = get_adapter(model)
+    if section.get("base_fields"):
+        model.config.prunekit_base_fields = dict(section["base_fields"])
+    if section["layers"]:
+        adapter.check_layer_fields(model, section["layers"])
+        adapter.apply_layer_fields(model, section["layers"])
+    for name in section["added_biases"]:
+        mod = module_named(model, name, "added bias")
+        if getattr(mod, "bias", None) is None:
+            weight = mod.weight
+            mod.bias = torch.nn.Parameter(
+                torch.empty(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            )
+
+    _load_strict(model, path)
+    _drop_zero_biases(model, section)
+    if section["added_biases"]:
+        model.config.prunekit_added_biases = list(section["added_biases"])
+    if section["records"]:
+        model.config.prunekit_records = list(section["records"])
+    return model.eval()
+
+
+def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The saved pruning masks (param name -> bool tensor, True = pruned); empty when none were saved."""
+    path = Path(directory) / MASKS_FILE
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _read_section(raw: dict) -> dict[str, Any]:
+    """The prunekit section with defaults; directories from before the section used top-level keys."""
+    section = raw.get(SECTION)
+    if section is None:
+        section = {"layers": raw.get("prunekit_layers"), "added_biases": raw.get("prunekit_added_biases")}
+    if not isinstance(section, dict):
+        raise ValueError(f"config.json: the {SECTION!r} entry must be an object")
+    if section.get("format", FORMAT) > FORMAT:
+        raise ValueError(
+            f"config.json was written by a newer prunekit (format {section['format']} > {FORMAT}); "
+            "upgrade prunekit"
+        )
+    out = {"layers": None, "added_biases": [], "bias_flags": {}, "zero_biases": [], "records": []}
+    out.update({k: v for k, v in section.items() if v is not None})
+    return out
+
+
+def _saved_dtype(config) -> torch.dtype:
+    dtype = getattr(config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def module_named(model, name: str, what: str) -> torch.nn.Module:
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise CheckpointError(f"{what} {name!r}: the model has no such module") from None
+    if not isinstance(getattr(mod, "weight", None), torch.Tensor):
+        raise CheckpointError(f"{what} {name!r}: the module has no weight to size a bias from")
+    return mod
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / s for s in shards]
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{path} has no model.safetensors (prunekit loads safetensors only)")
+    return [single]
+
+
+def _load_strict(model: torch.nn.Module, path: Path) -> None:
+    """Copy every checkpoint tensor into the model after checking names and shapes all agree.
+
+    Tied parameters (one tensor under several names) need one of their names in the file.
+    """
+    aliases: dict[int, list[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        aliases.setdefault(id(tensor), []).append(name)
+        tensors[id(tensor)] = tensor
+    owner = {name: key for key, names in aliases.items() for name in names}
+
+    where: dict[str, tuple[Path, list[int]]] = {}
+    for file in _weight_files(path):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                where[key] = (file, list(f.get_slice(key).get_shape()))
+
+    problems = []
+    for key, names in aliases.items():
+        present = [n for n in names if n in where]
+        if not present:
+            problems.append(f"{names[0]}: missing from the checkpoint")
+        for n in present:
+            want = list(tensors[key].shape)
+            if where[n][1] != want:
+                problems.append(f"{n}: the checkpoint holds shape {where[n][1]}, the config describes {want}")
+    problems += [
+        f"{n}: in the checkpoint but not in the model the config describes" for n in where if n not in owner
+    ]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (
+            f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        )
+        raise CheckpointError(f"{path} does not match its config.json:\n  {shown}")
+
+    by_file: dict[Path, list[str]] = {}
+    for name, (file, _shape) in where.items():
+        by_file.setdefault(file, []).append(name)
+    with torch.no_grad():
+        for file, names in by_file.items():
+            with safe_open(str(file), "pt") as f:
+                for name in names:
+                    tensors[owner[name]].copy_(f.get_tensor(name))
+
+
+def _drop_zero_biases(model, section: dict) -> None:
+    """Remove the zero biases save added for plain loaders, and restore the flags they needed."""
+    for name in section["zero_biases"]:
+        module_name = name.removesuffix(".bias")
+        mod = module_named(model, module_name, "zero bias")
+        if mod.bias is None or bool(mod.bias.detach().any()):
+            raise CheckpointError(
+                f"{name}: recorded as a zero bias added for plain loaders, but it is not zero"
+            )
+        mod.register_parameter("bias", None)
+    for flag, value in section["bias_flags"].items():
+        setattr(model.config, flag, value)
