@@ -11,6 +11,7 @@ from .core.report import PruneReport
 from .core.scorers import SCORERS, Scorer, register_scorer
 from .core.surgery import SurgeryError, remove, soft_zero
 from .graph import DependencyGraph, Group, Member, UnmappedOpError, trace
+from .saving import from_pretrained, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -25,10 +26,12 @@ __all__ = [
     "UnmappedOpError",
     "data",
     "eval",
+    "from_pretrained",
     "models",
     "prune",
     "register_scorer",
     "remove",
+    "save_pretrained",
     "soft_zero",
     "task_masks",
     "trace",

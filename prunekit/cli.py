@@ -130,8 +130,12 @@ def _prune(args) -> int:
         )
     if args.out:
         out = Path(args.out)
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        calibration_source = {
+            "calibration": args.text or "stdlib docs",
+            "calib_samples": args.calib_samples,
+            "seq_len": args.seq_len,
+        }
+        prunekit.save_pretrained(model, out, tokenizer=tok, record=calibration_source, report=report)
         (out / "prune_report.json").write_text(json.dumps(summary, indent=2))
         print(f"saved to {out}")
     return 0

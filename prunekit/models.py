@@ -76,7 +76,9 @@ def load(
     """Load a causal LM and its tokenizer without touching the network.
 
     ``name_or_path`` is either a known alias (see :data:`KNOWN_MODELS`; case-insensitive) or a local
-    Hugging Face model directory.  The model is returned in ``eval()`` mode with the requested dtype.
+    Hugging Face model directory; directories written by :func:`prunekit.save_pretrained` load through
+    :func:`prunekit.from_pretrained`, so blocks pruned to different sizes come back as saved.
+    The model is returned in ``eval()`` mode with the requested dtype.
     Each call returns new objects, so callers may prune them freely.
 
     Raises:
@@ -97,7 +99,12 @@ def load(
             f"Unknown model {name_or_path!r}: it is neither a known model name ({known}) "
             "nor an existing local Hugging Face model directory."
         )
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    from .saving import from_pretrained, is_prunekit_dir
+
+    if is_prunekit_dir(path):  # per-layer sizes a plain loader cannot build
+        model = from_pretrained(path, torch_dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer
 
