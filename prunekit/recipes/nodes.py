@@ -57,7 +57,10 @@ def compose(text: str, file: str | None) -> Node:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise RecipeError(f"not valid YAML: {err.problem or err}", "", line, file) from err
+        problem = err.problem or str(err)
+        if err.context and err.context_mark is not None and err.context_mark is not mark:
+            problem += f" ({err.context} on line {err.context_mark.line + 1})"
+        raise RecipeError(f"not valid YAML: {problem}", "", line, file) from err
     except yaml.YAMLError as err:
         raise RecipeError(f"not valid YAML: {err}", "", None, file) from err
     if root is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from ..api import PRUNER_OPTIONS, default_structure
 from ..core.scorers import SCORERS, get_scorer
@@ -306,6 +306,14 @@ def _patterns(node: Node, ctx: Ctx, key: str, lines: dict) -> list[str]:
 def _options(node: Node, ctx: Ctx, stage: Stage, scorer_cls, lines: dict) -> dict[str, Any]:
     scorer_opts = dict(scorer_cls.options)
     allowed = [k for k in PRUNER_OPTIONS if k not in RESERVED_OPTIONS] + list(scorer_opts)
+    for key_node, _value_node in node.value if isinstance(node, MappingNode) else []:
+        others = sorted(n for n, c in SCORERS.items() if key_node.value in c.options and n != stage.method)
+        if key_node.value not in allowed and others:
+            raise ctx.at(key_node.value).error(
+                f"{key_node.value} is an option of {', '.join(others)}, not of {stage.method!r} "
+                f"(whose options are: {', '.join(sorted(scorer_opts)) or 'none'})",
+                key_node,
+            )
     keys = mapping(node, ctx, allowed, f"options of method {stage.method!r}", hidden=RESERVED_OPTIONS)
     out: dict[str, Any] = {}
     for key, (_key_node, vnode) in keys.items():
