@@ -46,6 +46,31 @@ def _anything(_key, value):
     return value
 
 
+def _layer_ratios(key, value):
+    """``{block index: ratio}`` or one ratio per block; ratios in [0, 1] (1 is refused later, by name)."""
+    if value is None:
+        return None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, (list, tuple))
+        else None
+    )
+    if items is None:
+        raise TypeError(
+            f"{key} must be a list of per-block ratios or a {{block index: ratio}} dict, got {value!r}"
+        )
+    out = {}
+    for index, ratio in items:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"{key}: block index must be a non-negative int, got {index!r}")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+            raise ValueError(f"{key}[{index}] must be a number in [0, 1], got {ratio!r}")
+        out[index] = float(ratio)
+    return out
+
+
 #: options the pruner itself understands: name -> (default, validator); the rest go to the scorer
 PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "granularity": (None, _choice(None, "matrix", "row")),
@@ -62,13 +87,28 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seq_len": (256, _number(2, 1 << 20, integer=True)),
     "seed": (0, _number(0, 1 << 62, integer=True)),
     "text_column": ("text", _anything),
-    "structure_search": (None, _choice(None, "uniform", "global", "logistic")),
+    "structure_search": (None, _choice(None, "uniform", "global", "logistic", "per-layer")),
+    "layer_sparsity": (None, _layer_ratios),
     "task": (None, _anything),
     "task_weights": (None, _anything),
     "logistic": ({}, _anything),
     "bias_compensation": (None, _choice(None, True, False)),
     "round_to": (1, _number(1, 1 << 16, integer=True)),
 }
+
+
+def _resolve_per_layer(opts: dict, scorer, kind: str) -> None:
+    """``layer_sparsity`` means the "per-layer" search; each without the other is an error."""
+    given = opts["layer_sparsity"] is not None
+    if opts["structure_search"] is None:
+        opts["structure_search"] = "per-layer" if given else scorer.default_structure_search
+    if given and (kind != "structured" or opts["structure_search"] != "per-layer"):
+        raise ValueError(
+            "layer_sparsity sets per-block ratios for structured pruning with structure_search='per-layer' "
+            f"(got structure {kind!r}, structure_search {opts['structure_search']!r})"
+        )
+    if opts["structure_search"] == "per-layer" and not given:
+        raise ValueError("structure_search='per-layer' needs layer_sparsity (per-block ratios)")
 
 
 def validate_calibration(
@@ -168,9 +208,10 @@ def prune(
     heads from every KV group, "groups": whole KV groups), ``mode`` ("hard" removes, "soft" zeroes),
     ``progress`` (bool), ``allocation`` ("uniform" | "owl", with ``owl_lambda``, ``owl_m``),
     ``calibration_mode`` ("sequential" | "dense"), ``batch_size``, ``structure_search`` ("uniform" |
-    "global" | "logistic", with ``logistic={"first", "last", "k", "x0"}``), ``bias_compensation``
-    (bool), ``task`` and ``task_weights`` (with calibration ``{task: data}``), ``round_to`` (keep a
-    multiple of this many channels);
+    "global" | "logistic", with ``logistic={"first", "last", "k", "x0"}`` | "per-layer", with
+    ``layer_sparsity``: one ratio per block, or ``{block: ratio}`` with ``sparsity`` for the rest),
+    ``bias_compensation`` (bool), ``task`` and ``task_weights`` (with calibration ``{task: data}``),
+    ``round_to`` (keep a multiple of this many channels);
     for text calibration ``tokenizer``, ``n_samples``, ``seq_len``, ``seed``, ``text_column``.
     Any other keyword goes to the method's scorer, which refuses unknown ones.
     Every argument is checked before the model is touched: on error the model is unchanged.
@@ -195,8 +236,7 @@ def prune(
         raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
     if pruner_opts["granularity"] is None:
         pruner_opts["granularity"] = scorer.default_granularity
-    if pruner_opts["structure_search"] is None:
-        pruner_opts["structure_search"] = scorer.default_structure_search
+    _resolve_per_layer(pruner_opts, scorer, kind)
     if isinstance(calibration, dict):
         if kind != "structured":
             raise ValueError(

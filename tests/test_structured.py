@@ -219,3 +219,32 @@ def test_taylor_without_calibration_fails_before_touching_the_model():
     with pytest.raises(ValueError, match="needs calibration"):
         prunekit.prune(model, method="taylor", sparsity=0.2)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_per_layer_ratios_apply_to_their_blocks_and_default_to_sparsity():
+    model = make_tiny_llama()
+    report = prunekit.prune(
+        model, method="flap", sparsity=0.25, calibration=_ids(), targets=["mlp"], layer_sparsity={1: 0.5}
+    )
+    assert report.units["layers.0"]["mlp"] == (48, 36)
+    assert report.units["layers.1"]["mlp"] == (48, 24)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"layer_sparsity": [0.2, 1.0], "targets": ["attention"]}, "would remove all"),
+        ({"layer_sparsity": [0.2, 1.0], "targets": ["attention"], "gqa": "groups"}, "would remove all 2 KV"),
+        ({"layer_sparsity": {5: 0.2}}, "has 2 blocks"),
+        ({"layer_sparsity": [0.2, 1.5]}, r"layer_sparsity\[1\]"),
+        ({"structure_search": "per-layer"}, "needs layer_sparsity"),
+        ({"layer_sparsity": [0.2, 0.2], "structure_search": "global"}, "per-layer"),
+    ],
+)
+def test_per_layer_ratio_errors_name_the_problem_and_leave_the_model_unchanged(options, message):
+    model = make_tiny_llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises((ValueError, TypeError), match=message):
+        prunekit.prune(model, method="flap", sparsity=0.2, calibration=_ids(), **options)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert getattr(model.config, "prunekit_layers", None) is None

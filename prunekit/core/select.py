@@ -91,8 +91,13 @@ class Selection:
         return unstructured_mask(scores, self.sparsity, per_row=self.per_row)
 
 
-def units_to_drop(group: Group, scores: torch.Tensor, sparsity: float, gqa: str = "heads") -> torch.Tensor:
+def units_to_drop(
+    group: Group, scores: torch.Tensor, sparsity: float, gqa: str = "heads", strict: bool = False
+) -> torch.Tensor:
     """Lowest-scoring units of one group at ``sparsity`` (nearest count, at least one unit kept).
+
+    With ``strict`` a ratio that rounds to every unit (of the group, or of a KV group) is an error
+    naming the group instead of being held back to one unit: used for ratios a user set per block.
 
     Grouped heads (GQA, Mamba-2 B/C groups) follow ``gqa``: ``"heads"`` drops the same number of query
     heads inside every KV group (KV heads stay), ``"groups"`` drops whole KV groups with their query
@@ -108,12 +113,22 @@ def units_to_drop(group: Group, scores: torch.Tensor, sparsity: float, gqa: str 
         per = group.units_per_outer
         grid = scores.reshape(group.num_outer, per)
         if gqa == "groups":
-            k = min(int(group.num_outer * sparsity + 0.5), group.num_outer - 1)
+            k = _capped(
+                group, int(group.num_outer * sparsity + 0.5), group.num_outer, sparsity, strict, "KV groups"
+            )
             outers = _lowest(grid.sum(1).double(), k)
             chosen = outers.unsqueeze(1).expand(-1, per)
         else:
-            k = min(int(per * sparsity + 0.5), per - 1)
+            k = _capped(group, int(per * sparsity + 0.5), per, sparsity, strict, "query heads of a KV group")
             chosen = _lowest(grid, k)
         return torch.nonzero(chosen.reshape(-1)).flatten()
-    k = min(int(group.num_units * sparsity + 0.5), group.num_units - 1)
+    k = _capped(group, int(group.num_units * sparsity + 0.5), group.num_units, sparsity, strict, "units")
     return torch.nonzero(_lowest(scores, k)).flatten()
+
+
+def _capped(group: Group, k: int, total: int, sparsity: float, strict: bool, what: str) -> int:
+    if k >= total and strict:
+        raise ValueError(
+            f"ratio {sparsity} would remove all {total} {what} of {group.name}; at least one must stay"
+        )
+    return min(k, total - 1)

@@ -29,7 +29,7 @@ from .select import units_to_drop
 from .surgery import _validated as validate_decision
 from .surgery import check_units, dropped_outer, member_positions, remove, soft_zero
 
-STRUCTURES = ("uniform", "global", "logistic")
+STRUCTURES = ("uniform", "global", "logistic", "per-layer")
 
 
 @dataclass
@@ -273,6 +273,11 @@ def plan_structured(
     elif structure == "logistic":
         ratios = logistic_ratios(groups, sparsity, **opts.get("logistic", {}))
         drops = [units_to_drop(g, s, r, gqa=opts["gqa"]) for g, s, r in zip(groups, scores, ratios)]
+    elif structure == "per-layer":
+        ratios = per_layer_ratios(groups, sparsity, opts["layer_sparsity"], len(blocks))
+        drops = [
+            units_to_drop(g, s, r, gqa=opts["gqa"], strict=True) for g, s, r in zip(groups, scores, ratios)
+        ]
     else:
         drops = [units_to_drop(g, s, sparsity, gqa=opts["gqa"]) for g, s in zip(groups, scores)]
     round_to = int(opts.get("round_to", 1))
@@ -296,6 +301,14 @@ def _pooled(stats_by: dict) -> dict:
             acc["sum"] = acc["sum"] + st["mean"].double() * st["n_tokens"]
             acc["n"] += st["n_tokens"]
     return {m: {"mean": (a["sum"] / max(1, a["n"])).float()} for m, a in out.items()}
+
+
+def per_layer_ratios(groups, sparsity: float, layer_sparsity: dict[int, float], n_blocks: int) -> list[float]:
+    """The user's ratio for each group's block; ``sparsity`` for blocks (and block-less groups) not listed."""
+    unknown = sorted(i for i in layer_sparsity if i >= n_blocks)
+    if unknown:
+        raise ValueError(f"layer_sparsity names block(s) {unknown}, but the model has {n_blocks} blocks")
+    return [layer_sparsity.get(g.layer_index(), sparsity) for g in groups]
 
 
 def logistic_ratios(groups, sparsity: float, first: int = 2, last: int = 2, k: float = 1.2, x0: float = 0.3):
