@@ -97,6 +97,12 @@ def test_example_recipe_parses_to_its_stages(tmp_path, text_file):
     assert recipe.needs_calibration()
 
 
+def test_empty_sections_mean_defaults():
+    recipe = parse_recipe("calibration:\nstages:\n  - method: magnitude\n    sparsity: 0.1\n    options:\n")
+    assert recipe.calibration.n_samples == 32 and recipe.stages[0].options == {}
+    assert not recipe.needs_calibration()
+
+
 def test_example_files_parse():
     from pathlib import Path
 

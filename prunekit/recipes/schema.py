@@ -148,7 +148,7 @@ def parse_recipe(text: str, file: str | None = None, base_dir: str | Path | None
     top = mapping(root, ctx, TOP_KEYS, "the recipe")
     model = string(top["model"][1], ctx.at("model"), "model") if "model" in top else None
     calibration = CalibrationSpec()
-    if "calibration" in top:
+    if "calibration" in top and not _empty(top["calibration"][1]):
         calibration = _calibration(top["calibration"][1], ctx.at("calibration"), base_dir)
     if "stages" not in top:
         raise ctx.error("the recipe has no 'stages' list", root)
@@ -167,6 +167,11 @@ def parse_recipe(text: str, file: str | None = None, base_dir: str | Path | None
             )
         seen[stage.name] = stage
     return Recipe(stages, calibration, model, file)
+
+
+def _empty(node: Node) -> bool:
+    """``options:`` with nothing after it (every entry commented out) means no options."""
+    return isinstance(node, ScalarNode) and node.tag.endswith(":null")
 
 
 def _calibration(node: Node, ctx: Ctx, base_dir: str | Path | None) -> CalibrationSpec:
@@ -248,7 +253,7 @@ def _stage(node: Node, ctx: Ctx, index: int) -> Stage:
                 raise ctx.at(key).error(f"{key} only applies with 'allocation: owl'", get(key))
             setattr(stage, key, number(get(key), ctx.at(key), key, lo, hi))
 
-    if "options" in keys:
+    if "options" in keys and not _empty(get("options")):
         stage.options = _options(get("options"), ctx.at("options"), stage, scorer_cls, lines)
     return stage
 
