@@ -404,7 +404,7 @@ def test_run_command_prints_stages_and_perplexity(tmp_path, model_dir, capsys):
 
 
 def test_run_command_takes_the_model_from_the_recipe_and_skips_eval(tmp_path, model_dir, capsys):
-    recipe = _cli_recipe(tmp_path, model_line=f"model: {model_dir}")
+    recipe = _cli_recipe(tmp_path, model_line=f"model: {model_dir.name}")  # relative to the recipe
     assert main(["run", recipe, "--no-eval"]) == 0
     out = capsys.readouterr().out
     assert "stage 2/2: semi" in out and "perplexity" not in out

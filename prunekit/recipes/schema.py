@@ -18,6 +18,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from ..api import PRUNER_OPTIONS, default_structure
 from ..core.scorers import SCORERS, get_scorer
 from ..core.select import NM, parse_structure
+from ..models import KNOWN_MODELS
 from .nodes import Ctx, RecipeError, compose, integer, line_of, mapping, number, sequence, string, value
 
 TOP_KEYS = ("model", "calibration", "stages")
@@ -147,6 +148,9 @@ def parse_recipe(text: str, file: str | None = None, base_dir: str | Path | None
     ctx = Ctx(file)
     top = mapping(root, ctx, TOP_KEYS, "the recipe")
     model = string(top["model"][1], ctx.at("model"), "model") if "model" in top else None
+    if model is not None and model.lower() not in KNOWN_MODELS and base_dir is not None:
+        path = Path(model).expanduser()
+        model = str(path if path.is_absolute() else Path(base_dir) / path)  # like calibration files
     calibration = CalibrationSpec()
     if "calibration" in top and not _empty(top["calibration"][1]):
         calibration = _calibration(top["calibration"][1], ctx.at("calibration"), base_dir)
