@@ -143,7 +143,11 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def parse_recipe(text: str, file: str | None = None, base_dir: str | Path | None = None) -> Recipe:
-    """Parse and validate recipe YAML text; raises :class:`RecipeError` naming the key and line."""
+    """Parse and validate recipe YAML text; raises :class:`RecipeError` naming the key and line.
+
+    ``file`` only names the text in messages; relative paths in it (calibration ``source``, ``model``
+    directories) start at ``base_dir``, or at the current directory when that is None.
+    """
     root = compose(text, file)
     ctx = Ctx(file)
     top = mapping(root, ctx, TOP_KEYS, "the recipe")
