@@ -164,11 +164,9 @@ class Adapter:
         config = model.config
         if not per_layer:
             return
-        base = dict(getattr(config, "prunekit_base_fields", None) or {})
-        for key in per_layer[0]:
-            if key not in base and isinstance(getattr(config, key, None), int):
-                base[key] = getattr(config, key)  # the size before the first pruning, kept for saving
-        config.prunekit_base_fields = base
+        if getattr(config, "prunekit_base_fields", None) is None:  # sizes before the first pruning
+            fields = {key: getattr(config, key, None) for key in per_layer[0]}
+            config.prunekit_base_fields = {k: v for k, v in fields.items() if isinstance(v, int)}
         for key in per_layer[0]:
             values = {d[key] for d in per_layer}
             if len(values) == 1:
