@@ -119,7 +119,12 @@ def test_structured_round_trip_is_bit_identical(tmp_path_factory, family, method
         calibration=_ids(seed),
         structure_search=search,
     )
+    config_before = model.config.to_dict()
     path = prunekit.save_pretrained(model, tmp_path_factory.mktemp("rt"))
+    config_after = model.config.to_dict()
+    for key in ("architectures", "dtype"):  # transformers' own save_pretrained fills these in
+        config_before.pop(key), config_after.pop(key)
+    assert config_after == config_before  # prunekit's temporary saved values are all undone
     reloaded = from_pretrained(path)
     _assert_same_model(model, reloaded, _ids(seed + 10, n=2, length=12))
     assert reloaded.config.prunekit_layers == model.config.prunekit_layers
@@ -146,6 +151,8 @@ def test_resaving_a_reloaded_model_keeps_its_sizes_and_history(tmp_path):
     assert second["layers"] == first["layers"] and second["records"] == first["records"]
     assert second["base_fields"] == first["base_fields"]
     _assert_same_model(model, from_pretrained(again), _ids(3))
+    half = from_pretrained(again, torch_dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------ unstructured
