@@ -91,6 +91,7 @@ def test_reload_gives_the_same_model_and_tokenizer(runs, tokenizer, corpus_file,
     # The recorded held-out perplexity is what prunekit's own evaluation gives for the reloaded model.
     windows = eval_windows(loaded_tok, seq_len=SEQ, max_windows=4, source=str(corpus_file))
     assert perplexity(model, windows, batch_size=8) == pytest.approx(summary["heldout_ppl"], rel=1e-6)
+    # A weight missing from the file would be freshly (randomly) initialised on each load.
     again = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
     with torch.no_grad():
         assert torch.equal(model(windows[:2]).logits, again(windows[:2]).logits)
@@ -240,3 +241,22 @@ def test_tokenizer_dir_for_another_corpus_is_refused(tmp_path, corpus_file):
     other.write_text(default_text()[30_000:60_000])
     with pytest.raises(ValueError, match="trained on other text"):
         train_reference("llama", tmp_path / "b", other, tokenizer=tmp_path / "a" / "tokenizer", **budget)
+
+
+def test_tokenizer_written_by_a_parallel_run_is_reused(tmp_path, corpus_file, monkeypatch):
+    """Two runs training the shared tokenizer at once: the loser of the rename loads the winner's files."""
+    from prunekit.reference import tokenizer as tok_module
+
+    text = load_corpus(corpus_file).tokenizer_text()
+    target = tmp_path / "tok"
+    real = tok_module.train_tokenizer
+
+    def another_run_finishes_first(t, v):
+        monkeypatch.setattr(tok_module, "train_tokenizer", real)
+        tok_module.load_or_train_tokenizer(target, t, v)  # the "other" run writes the directory
+        return real(t, v)
+
+    monkeypatch.setattr(tok_module, "train_tokenizer", another_run_finishes_first)
+    loaded = tok_module.load_or_train_tokenizer(target, text, 300)
+    assert loaded.name_or_path == str(target)  # loaded from disk, not the in-memory copy
+    assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # no temporary directory left behind

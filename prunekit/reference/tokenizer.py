@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -87,22 +90,38 @@ def load_or_train_tokenizer(
     """
     directory = Path(directory).expanduser()
     wanted = tokenizer_fingerprint(text, vocab_size)
-    marker = directory / _FINGERPRINT
-    if marker.is_file():
-        found = json.loads(marker.read_text())
-        if found != wanted:
-            raise ValueError(
-                f"tokenizer in {directory} was trained on other text or vocab size ({found}), not on this "
-                f"corpus ({wanted}); pass another --tokenizer directory or delete this one"
-            )
-        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    if directory.is_dir() and any(directory.iterdir()):
+    if (directory / _FINGERPRINT).is_file():
+        return _load_checked(directory, wanted)
+    if directory.is_file() or (directory.is_dir() and any(directory.iterdir())):
         raise ValueError(f"{directory} is not empty and holds no reference tokenizer (no {_FINGERPRINT})")
     tokenizer = train_tokenizer(text, vocab_size)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(directory)
-    marker.write_text(json.dumps(wanted, indent=2) + "\n")
+    # Written into a temporary sibling and renamed, so that runs started side by side never see a
+    # half-written tokenizer: the first rename wins and the others load the winner's (identical) files.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        (tmp / _FINGERPRINT).write_text(json.dumps(wanted, indent=2) + "\n")
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, directory)  # replaces an empty directory, fails on a filled one
+        except OSError:
+            if not (directory / _FINGERPRINT).is_file():
+                raise
+            return _load_checked(directory, wanted)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
+
+
+def _load_checked(directory: Path, wanted: dict) -> PreTrainedTokenizerFast:
+    found = json.loads((directory / _FINGERPRINT).read_text())
+    if found != wanted:
+        raise ValueError(
+            f"tokenizer in {directory} was trained on other text or vocab size ({found}), not on this "
+            f"corpus ({wanted}); pass another --tokenizer directory or delete this one"
+        )
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
 def _lines(text: str, lines_per_chunk: int = 200):

@@ -12,11 +12,12 @@ Everything that could differ between architectures is fixed by the arguments and
   (``torch.use_deterministic_algorithms`` during training), so the same call gives bit-identical weights.
 
 Measured on the 2-core development machine while other jobs shared it (so pessimistic), training
-throughput at ``seq_len=256``, batch 4, one thread: Llama ~1,800 tokens/s, Mamba-2 ~500 tokens/s,
-Mamba-1 ~200 tokens/s (with :mod:`prunekit.reference.fast_scan`; transformers' stock CPU scan has a
+throughput at ``seq_len=256``, batch 4, one thread: Llama ~1,520 tokens/s, Mamba-2 ~540 tokens/s,
+Mamba-1 ~210 tokens/s (with :mod:`prunekit.reference.fast_scan`; transformers' stock CPU scan has a
 quadratic backward and managed under 20 tokens/s).  Mamba-1 bounds the shared budget: the default
-:data:`DEFAULT_TOKENS` (262,144 tokens, 256 steps of 4 x 256) takes about 20 minutes for Mamba-1,
-about 9 for Mamba-2 and 2-3 for Llama on two free cores.  See docs/reference-models.md.
+:data:`DEFAULT_TOKENS` (229,376 tokens, 224 steps of 4 x 256) takes about 18 minutes for Mamba-1
+(+1 for the final evaluation), 7 for Mamba-2 and 2.5 for Llama, so the three fit in ~20 minutes on two
+cores run side by side.  See docs/reference-models.md.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ __all__ = ["train_reference", "DEFAULT_SEQ_LEN", "DEFAULT_TOKENS", "DEFAULT_BATC
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_BATCH_SIZE = 4
-DEFAULT_TOKENS = 262_144  # 256 optimizer steps of 4 x 256; ~20 min for Mamba-1 on 2 CPU cores
+DEFAULT_TOKENS = 229_376  # 224 optimizer steps of 4 x 256: Mamba-1 ~18 min on one shared core
 DEFAULT_LR = 2e-3
 DEFAULT_VOCAB = 4096
 TRAINING_FILE = "training.json"
@@ -71,6 +72,7 @@ def train_reference(
     seed: int = 0,
     max_minutes: float | None = None,
     eval_windows: int | None = None,
+    threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -87,7 +89,8 @@ def train_reference(
     positions (``steps * batch_size * seq_len``).  ``max_minutes`` stops early (recorded).  At the end
     the perplexity of the training split and of the held-out split (all windows, or ``eval_windows``) is
     measured with :func:`prunekit.eval.perplexity`; the held-out figure equals what ``prunekit eval``
-    reports for the saved model on the same text and ``seq_len``.
+    reports for the saved model on the same text and ``seq_len``.  ``threads`` sets torch's CPU threads
+    for the call (restored afterwards); bit-identical reruns need the same thread count.
 
     Saves ``save_pretrained`` safetensors weights, the tokenizer and ``training.json`` into ``out_dir``
     and returns the ``training.json`` contents.
@@ -98,6 +101,8 @@ def train_reference(
     """
     check_arch(arch)
     _check_numbers(seq_len, token_budget, batch_size, lr, min_lr_ratio, warmup_fraction, max_minutes)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
     out_dir = Path(out_dir).expanduser()
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite):
         raise ValueError(f"output directory {out_dir} exists and is not empty (pass overwrite=True)")
@@ -123,7 +128,8 @@ def train_reference(
     starts = _data_order(len(train_ids), text_len, batch_size * steps, seed)
     bos = tokenizer.bos_token_id
 
-    with _deterministic(), linear_mamba_scan() if arch == "mamba" else contextlib.nullcontext():
+    scan = linear_mamba_scan() if arch == "mamba" else contextlib.nullcontext()
+    with _threads(threads), _deterministic(), scan:
         curve, seconds, done = _fit(
             model, train_ids, starts, text_len, bos, batch_size, steps, lr, min_lr_ratio,
             warmup_fraction, weight_decay, grad_clip, max_minutes, progress, arch,
@@ -132,6 +138,10 @@ def train_reference(
     model.eval()
     heldout = corpus.heldout_windows(tokenizer, seq_len, eval_windows)
     train_windows = _tile(train_ids, text_len, bos, eval_windows or len(heldout))
+    with _threads(threads):
+        train_ppl = perplexity(model, train_windows, batch_size=8)
+        heldout_ppl = perplexity(model, heldout, batch_size=8)
+        used_threads = torch.get_num_threads()
     summary = {
         "arch": arch,
         "size": size,
@@ -145,15 +155,15 @@ def train_reference(
         "stopped_early": done < steps,
         "seconds": round(seconds, 2),
         "tokens_per_second": round(done * batch_size * seq_len / max(seconds, 1e-9), 1),
-        "threads": torch.get_num_threads(),
+        "threads": used_threads,
         "seed": seed,
         "lr": lr,
         "min_lr_ratio": min_lr_ratio,
         "warmup_steps": _warmup_steps(steps, warmup_fraction),
         "weight_decay": weight_decay,
         "grad_clip": grad_clip,
-        "train_ppl": perplexity(model, train_windows, batch_size=8),
-        "heldout_ppl": perplexity(model, heldout, batch_size=8),
+        "train_ppl": train_ppl,
+        "heldout_ppl": heldout_ppl,
         "eval_windows": {"train": len(train_windows), "heldout": len(heldout)},
         "corpus": {
             "name": corpus.name,
@@ -299,3 +309,17 @@ def _deterministic() -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block (None: leave it alone)."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
