@@ -26,7 +26,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .configs import SpecialIds
 
-__all__ = ["SPECIAL_TOKENS", "train_tokenizer", "load_or_train_tokenizer", "tokenizer_fingerprint"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "has_tokenizer",
+    "load_or_train_tokenizer",
+    "save_tokenizer",
+    "tokenizer_fingerprint",
+    "train_tokenizer",
+]
 
 #: Special tokens in id order (their ids are their positions).
 SPECIAL_TOKENS: tuple[str, ...] = ("<|bos|>", "<|eos|>", "<|pad|>")
@@ -75,9 +82,10 @@ def train_tokenizer(text: str, vocab_size: int = 4096, min_frequency: int = 2) -
 
 
 def load_or_train_tokenizer(
-    directory: str | Path, text: str, vocab_size: int = 4096
+    directory: str | Path, text: str, vocab_size: int = 4096, *, save: bool = True
 ) -> PreTrainedTokenizerFast:
-    """The tokenizer saved in ``directory``, or a new one trained on ``text`` and saved there.
+    """The tokenizer saved in ``directory``, or a new one trained on ``text`` (and saved there with
+    :func:`save_tokenizer` unless ``save=False``, for callers that validate more before writing).
 
     This is how the reference models share one tokenizer: the first training run creates the
     directory, later runs load it.  An existing directory must have been trained on the same text with
@@ -90,13 +98,30 @@ def load_or_train_tokenizer(
     """
     directory = Path(directory).expanduser()
     wanted = tokenizer_fingerprint(text, vocab_size)
-    if (directory / _FINGERPRINT).is_file():
+    if has_tokenizer(directory):
         return _load_checked(directory, wanted)
     if directory.is_file() or (directory.is_dir() and any(directory.iterdir())):
         raise ValueError(f"{directory} is not empty and holds no reference tokenizer (no {_FINGERPRINT})")
     tokenizer = train_tokenizer(text, vocab_size)
-    # Written into a temporary sibling and renamed, so that runs started side by side never see a
-    # half-written tokenizer: the first rename wins and the others load the winner's (identical) files.
+    return save_tokenizer(tokenizer, directory, text, vocab_size) if save else tokenizer
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a tokenizer saved by :func:`save_tokenizer`."""
+    return (Path(directory).expanduser() / _FINGERPRINT).is_file()
+
+
+def save_tokenizer(
+    tokenizer: PreTrainedTokenizerFast, directory: str | Path, text: str, vocab_size: int
+) -> PreTrainedTokenizerFast:
+    """Save ``tokenizer`` (trained on ``text`` with ``vocab_size``) with its fingerprint; returns the
+    tokenizer now in ``directory``.
+
+    It is written into a temporary sibling and renamed, so that runs started side by side never see a
+    half-written tokenizer: the first rename wins and the others load the winner's (identical) files.
+    """
+    directory = Path(directory).expanduser()
+    wanted = tokenizer_fingerprint(text, vocab_size)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -106,7 +131,7 @@ def load_or_train_tokenizer(
         try:
             os.rename(tmp, directory)  # replaces an empty directory, fails on a filled one
         except OSError:
-            if not (directory / _FINGERPRINT).is_file():
+            if not has_tokenizer(directory):
                 raise
             return _load_checked(directory, wanted)
     finally:

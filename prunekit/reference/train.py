@@ -40,7 +40,7 @@ from prunekit.eval import perplexity
 from .configs import check_arch, count_parameters, reference_config
 from .corpus import Corpus, load_corpus
 from .fast_scan import linear_mamba_scan
-from .tokenizer import load_or_train_tokenizer
+from .tokenizer import has_tokenizer, load_or_train_tokenizer, save_tokenizer
 
 __all__ = ["train_reference", "DEFAULT_SEQ_LEN", "DEFAULT_TOKENS", "DEFAULT_BATCH_SIZE", "DEFAULT_LR"]
 
@@ -108,7 +108,7 @@ def train_reference(
         raise ValueError(f"output directory {out_dir} exists and is not empty (pass overwrite=True)")
     corpus = load_corpus(corpus)
     reference_config(arch, vocab_size, size, **(config_overrides or {}))  # validate before any work
-    tokenizer, tokenizer_path = _resolve_tokenizer(tokenizer, corpus, vocab_size, out_dir)
+    tokenizer, tokenizer_dir, unsaved = _resolve_tokenizer(tokenizer, corpus, vocab_size, out_dir)
 
     train_ids, heldout_ids = corpus.split(tokenizer)
     text_len = seq_len - 1  # every window is BOS + seq_len - 1 corpus tokens
@@ -118,6 +118,8 @@ def train_reference(
                 f"corpus {corpus.name!r} is too small: its {split_name} split has {len(ids)} tokens, fewer "
                 f"than one window of {seq_len} (use more text or a shorter seq_len)"
             )
+    if unsaved:  # only now that the corpus is known to be usable
+        tokenizer = save_tokenizer(tokenizer, tokenizer_dir, corpus.tokenizer_text(), vocab_size)
     steps = token_budget // (batch_size * seq_len)
     config = reference_config(
         arch, len(tokenizer), size, max_position_embeddings=max(1024, seq_len), **(config_overrides or {})
@@ -171,7 +173,7 @@ def train_reference(
             "train_tokens": len(train_ids),
             "heldout_tokens": len(heldout_ids),
         },
-        "tokenizer": {"path": tokenizer_path, "vocab_size": len(tokenizer)},
+        "tokenizer": {"path": tokenizer_dir, "vocab_size": len(tokenizer)},
         "loss_curve": curve,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
@@ -201,13 +203,19 @@ def _check_numbers(seq_len, token_budget, batch_size, lr, min_lr_ratio, warmup_f
 
 
 def _resolve_tokenizer(tokenizer, corpus: Corpus, vocab_size: int, out_dir: Path):
-    """(tokenizer, where it lives or None): an object as given, else a shared directory."""
+    """(tokenizer, its directory or None, whether it still has to be saved there).
+
+    An object is used as given; otherwise the shared directory's tokenizer is loaded, or trained in
+    memory and left for the caller to save once the rest of the input has been checked.
+    """
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         if tokenizer.bos_token_id is None:
             raise ValueError("the reference models need a tokenizer with a BOS token")
-        return tokenizer, tokenizer.name_or_path or None
+        return tokenizer, tokenizer.name_or_path or None, False
     directory = Path(tokenizer).expanduser() if tokenizer is not None else out_dir.parent / "tokenizer"
-    return load_or_train_tokenizer(directory, corpus.tokenizer_text(), vocab_size), str(directory)
+    unsaved = not has_tokenizer(directory)
+    text = corpus.tokenizer_text()
+    return load_or_train_tokenizer(directory, text, vocab_size, save=False), str(directory), unsaved
 
 
 def _data_order(n_tokens: int, text_len: int, n_windows: int, seed: int) -> torch.Tensor:
