@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--method", default="magnitude")
     p.add_argument("--sparsity", type=float, default=0.5)
-    p.add_argument("--structure", default="unstructured", help="unstructured | structured | N:M (e.g. 2:4)")
+    p.add_argument(
+        "--structure", default=None, help="unstructured | structured | N:M (e.g. 2:4); default: the method's"
+    )
     p.add_argument("--granularity", choices=("matrix", "row"), default=None, help="default: the method's own")
     p.add_argument("--gqa", choices=("heads", "groups"), default="heads")
     p.add_argument("--mode", choices=("hard", "soft"), default="hard", help="structured: remove or zero")
