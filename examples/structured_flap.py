@@ -1,8 +1,8 @@
 """Remove 20 % of SmolLM2's attention and MLP weights with FLAP, then save a smaller model.
 
 The model really shrinks (fewer heads and channels, layers of different widths), so it runs faster on
-any hardware. Uniform pruning (same ratio everywhere) reloads with ``from_pretrained``; the per-layer
-sizes of a globally pruned model are in ``config.prunekit_layers``.
+any hardware. ``prunekit.save_pretrained`` records every layer's size, and ``prunekit.from_pretrained``
+rebuilds the model from it; the script reloads what it saved and checks the logits are identical.
 
     python examples/structured_flap.py --out smollm2-flap20
 """
@@ -47,8 +47,11 @@ def main() -> None:
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
     print(tokenizer.decode(out[0]))
     if args.out:
-        model.save_pretrained(args.out)
-        tokenizer.save_pretrained(args.out)
+        prunekit.save_pretrained(model, args.out, tokenizer=tokenizer, record=report)
+        reloaded = prunekit.from_pretrained(args.out)
+        with torch.no_grad():
+            same = torch.equal(model(ids).logits, reloaded(ids).logits)
+        print(f"saved to {args.out}; reloaded with prunekit.from_pretrained, identical logits: {same}")
 
 
 if __name__ == "__main__":
