@@ -2,26 +2,5 @@
 
 from __future__ import annotations
 
-from .io import (
-    FORMAT,
-    MASKS_FILE,
-    REPORT_FILE,
-    SPARSITY_FILE,
-    CheckpointError,
-    from_pretrained,
-    is_prunekit_dir,
-    load_masks,
-    save_pretrained,
-)
-
-__all__ = [
-    "FORMAT",
-    "MASKS_FILE",
-    "REPORT_FILE",
-    "SPARSITY_FILE",
-    "CheckpointError",
-    "from_pretrained",
-    "is_prunekit_dir",
-    "load_masks",
-    "save_pretrained",
-]
+from .io import *  # noqa: F403  (the same public names)
+from .io import __all__  # noqa: F401
