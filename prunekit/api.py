@@ -50,14 +50,11 @@ def _layer_ratios(key, value):
     """``{block index: ratio}`` or one ratio per block; ratios in [0, 1] (1 is refused later, by name)."""
     if value is None:
         return None
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, (list, tuple))
-        else None
-    )
-    if items is None:
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
         raise TypeError(
             f"{key} must be a list of per-block ratios or a {{block index: ratio}} dict, got {value!r}"
         )
