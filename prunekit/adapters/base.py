@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..graph.groups import Group
+from .components import ALL, Component
 
 ADAPTERS: dict[str, type[Adapter]] = {}
 
@@ -26,7 +27,11 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 
 def get_adapter(model: torch.nn.Module) -> Adapter:
     """The adapter for a model, by ``config.model_type`` (falling back to a conservative generic one)."""
-    config = getattr(model, "config", None)
+    return adapter_for_config(getattr(model, "config", None))
+
+
+def adapter_for_config(config: Any) -> Adapter:
+    """The adapter for a model config alone, so callers can check a family before loading weights."""
     key = getattr(config, "model_type", None)
     cls = ADAPTERS.get(key) or ADAPTERS.get(type(config).__name__)
     return cls() if cls else GenericAdapter()
@@ -43,8 +48,24 @@ class Adapter:
     supported_roles: tuple[str, ...] = ()
     #: roles pruned by ``structure="structured"`` when the user names no targets
     default_structured_roles: tuple[str, ...] = ()
+    #: named parts of a block that studies prune one at a time (see :mod:`.components`)
+    components: tuple[Component, ...] = ()
 
     # ------------------------------------------------------------------ naming
+    def component(self, name: str) -> Component:
+        """The component called ``name`` ("all" is every family's default targets).
+
+        Raises:
+            ValueError: the family has no such component; the message lists the ones it has.
+        """
+        if name == ALL:
+            return Component(ALL, "the method's default targets (whole blocks)")
+        for comp in self.components:
+            if comp.name == name:
+                return comp
+        known = ", ".join([ALL, *(c.name for c in self.components)])
+        raise ValueError(f"the {self.name} family has no component {name!r}; it has: {known}")
+
     def role(self, group: Group, model: torch.nn.Module) -> str:
         """A short name for what the group is ("mlp", "attention", "residual", ...)."""
         if self.embedding_param(model) in group.params:

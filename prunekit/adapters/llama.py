@@ -6,6 +6,7 @@ import torch
 
 from ..graph.groups import Group
 from .base import Adapter, register_adapter, resize_linear
+from .components import Component
 
 
 @register_adapter
@@ -15,6 +16,20 @@ class LlamaAdapter(Adapter):
     supported_roles = ("residual", "attention", "mlp")
     default_structured_roles = ("attention", "mlp")
     layer_fields = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+    components = (
+        Component(
+            "attention",
+            "q/k/v/o projections; structured: whole heads (with their KV group's share)",
+            weights=(r"re:self_attn\.[qkvo]_proj$",),
+            roles=("attention",),
+        ),
+        Component(
+            "mlp",
+            "gate/up/down projections; structured: intermediate channels",
+            weights=(r"re:mlp\.(gate|up|down)_proj$",),
+            roles=("mlp",),
+        ),
+    )
     bias_flags = {
         "attention_bias": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
         "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),

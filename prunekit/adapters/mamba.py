@@ -6,6 +6,7 @@ import torch
 
 from ..graph.groups import Group
 from .base import Adapter, register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
+from .components import Component
 
 
 @register_adapter
@@ -16,6 +17,24 @@ class MambaAdapter(Adapter):
     default_structured_roles = ("ssm_inner",)
     opaque_modules: dict[str, str] = {}
     layer_fields = ("intermediate_size", "state_size", "time_step_rank")
+    components = (
+        Component("in_proj", "the input projection (x and z halves)", weights=(r"re:mixer\.in_proj$",)),
+        Component(
+            "x_proj/dt_proj",
+            "the selection projections; structured: the dt rank (x_proj dt rows + dt_proj columns)",
+            weights=(r"re:mixer\.(x_proj|dt_proj)$",),
+            roles=("ssm_dt_rank",),
+        ),
+        Component("out_proj", "the output projection", weights=(r"re:mixer\.out_proj$",)),
+        Component(
+            "ssm_channels",
+            "structured: inner SSM channels through in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj",
+            roles=("ssm_inner",),
+        ),
+        Component(
+            "state", "structured: SSM state dims (x_proj B/C rows, A_log columns)", roles=("ssm_state",)
+        ),
+    )
     bias_flags = {"use_bias": ("mixer.in_proj", "mixer.out_proj")}
 
     def role(self, group: Group, model: torch.nn.Module) -> str:

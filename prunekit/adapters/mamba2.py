@@ -6,6 +6,7 @@ import torch
 
 from ..graph.groups import Group
 from .base import Adapter, register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
+from .components import Component
 
 
 @register_adapter
@@ -15,6 +16,18 @@ class Mamba2Adapter(Adapter):
     supported_roles = ("residual", "ssm_heads", "ssm_state")
     default_structured_roles = ("ssm_heads",)
     layer_fields = ("num_heads", "n_groups", "state_size", "intermediate_size")
+    components = (
+        Component(
+            "in_proj", "the input projection (z, x, B, C, dt segments)", weights=(r"re:mixer\.in_proj$",)
+        ),
+        Component("out_proj", "the output projection", weights=(r"re:mixer\.out_proj$",)),
+        Component(
+            "ssm_heads",
+            "structured: whole SSM heads (in_proj z/x/dt rows, conv1d, A_log, D, dt_bias, norm, out_proj)",
+            roles=("ssm_heads",),
+        ),
+        Component("state", "structured: SSM state dims (in_proj B/C rows, conv1d)", roles=("ssm_state",)),
+    )
     bias_flags = {"use_bias": ("mixer.in_proj", "mixer.out_proj")}
 
     def role(self, group: Group, model: torch.nn.Module) -> str:
