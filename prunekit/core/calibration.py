@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .stats import StatsCollector
 
 
@@ -49,6 +50,13 @@ def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
     rest = dict(kwargs)
     hidden = rest.pop("hidden_states")
     return hidden, BlockCall((), rest, hidden_in_kwargs=True)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where token ids must be for ``model``: its input embedding's device (CPU when unknown)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
 
 
 def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
@@ -136,6 +144,24 @@ def capture_first_inputs(model: torch.nn.Module, first: torch.nn.Module, ids: to
 BlockCallback = Callable[[int, torch.nn.Module, dict], None]
 
 
+class BlockStream:
+    """Where a block's weights live between uses: ``onload`` before the block runs, ``offload`` after it
+    was pruned and its outputs computed. The default keeps everything in memory."""
+
+    def onload(self, index: int, block: torch.nn.Module) -> None:
+        """Make ``block``'s weights real tensors on the compute device."""
+
+    def offload(self, index: int, block: torch.nn.Module) -> None:
+        """Write ``block`` back (to disk, when offloaded) and release its memory."""
+
+    def keep_mask(self, name: str, mask: torch.Tensor) -> None:
+        """Store the pruning mask of module ``name`` (written with its block)."""
+
+
+class _InMemory(BlockStream):
+    pass
+
+
 @torch.no_grad()
 def run_blockwise(
     model: torch.nn.Module,
@@ -149,35 +175,47 @@ def run_blockwise(
     progress: bool = False,
     desc: str = "calibrating",
     taps: dict | None = None,
+    stream: BlockStream | None = None,
 ) -> None:
     """Run calibration ``ids`` [N, L] block by block, calling ``on_block(index, block, stats)``.
 
     ``stats`` maps each name of ``modules_per_block[index]`` to its input statistics (see
     :mod:`prunekit.core.stats`). ``mode="sequential"`` recomputes each block's outputs after
     ``on_block`` (which may prune it), ``"dense"`` passes on the outputs computed before it.
+    ``stream`` brings each block's weights in before it runs and takes them out after (offloaded
+    models, see :mod:`prunekit.big`); by default every block is already in memory.
+    Under ``torchrun`` each rank calibrates on its shard of ``ids`` and statistics are all-reduced.
     """
     if mode not in ("sequential", "dense"):
         raise ValueError(f"calibration mode must be 'sequential' or 'dense', got {mode!r}")
     was_training = model.training
     model.eval()
+    stream = stream or _InMemory()
     try:
-        batches = list(ids.split(batch_size))
-        sizes = sorted({len(b) for b in batches})
-        calls_by_size = {
-            n: record_block_calls(model, blocks, next(b for b in batches if len(b) == n)) for n in sizes
-        }
-        hidden = [capture_first_inputs(model, blocks[0], b) for b in batches]
+        with distributed.step():  # under torchrun: this rank's rows only; failures shared with peers
+            ids = distributed.shard(ids).to(input_device(model))
+            batches = list(ids.split(batch_size))
+            sizes = sorted({len(b) for b in batches})
+            calls_by_size = {
+                n: record_block_calls(model, blocks, next(b for b in batches if len(b) == n)) for n in sizes
+            }
+            hidden = [capture_first_inputs(model, blocks[0], b) for b in batches]
         for index in tqdm(range(len(blocks)), desc=desc, disable=not progress):
             block = blocks[index]
-            collector = StatsCollector(modules_per_block[index], needs, taps)
-            try:
-                outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
-            finally:
-                collector.remove()
-            on_block(index, block, collector.stats())
+            with distributed.step():
+                stream.onload(index, block)
+                collector = StatsCollector(modules_per_block[index], needs, taps)
+                try:
+                    outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
+                finally:
+                    collector.remove()
+            stats = collector.stats()  # all-reduced over ranks
             del collector
-            if mode == "sequential":
-                outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
+            with distributed.step():
+                on_block(index, block, stats)
+                if mode == "sequential":
+                    outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
+                stream.offload(index, block)
             hidden = outputs
     finally:
         model.train(was_training)

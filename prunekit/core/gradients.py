@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
+from .calibration import input_device
+
 
 def gradient_norms(
     model: torch.nn.Module,
@@ -58,19 +61,25 @@ def _accumulate(model, ids, weights, add, progress) -> dict[str, torch.Tensor]:
         for p in model.parameters():
             p.requires_grad_(id(p) in targets)
             p.grad = None
-        for row in tqdm(ids, desc="gradients", disable=not progress):
-            seq = row.unsqueeze(0)
-            loss = model(input_ids=seq, labels=seq, use_cache=False).loss
-            if not torch.isfinite(loss):
-                raise ValueError("non-finite loss while computing calibration gradients")
-            loss.backward()
-            with torch.no_grad():
-                for name, p in weights.items():
-                    add(acc[name], p.grad)
-                    p.grad = None
+        with distributed.step():
+            _run_sequences(model, distributed.shard(ids).to(input_device(model)), weights, add, acc, progress)
+        distributed.all_reduce_([acc[name] for name in sorted(acc)])
     finally:
         for name, p in model.named_parameters():
             p.grad = None
             p.requires_grad_(flags[name])
         model.train(was_training)
     return acc
+
+
+def _run_sequences(model, ids, weights, add, acc, progress) -> None:
+    for row in tqdm(ids, desc="gradients", disable=not progress):
+        seq = row.unsqueeze(0)
+        loss = model(input_ids=seq, labels=seq, use_cache=False).loss
+        if not torch.isfinite(loss):
+            raise ValueError("non-finite loss while computing calibration gradients")
+        loss.backward()
+        with torch.no_grad():
+            for name, p in weights.items():
+                add(acc[name], p.grad)
+                p.grad = None

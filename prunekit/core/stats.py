@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import distributed
+
 KNOWN_STATS = frozenset({"sq_norm", "hessian", "mean", "var", "grad"})
 
 
@@ -116,7 +118,18 @@ class StatsCollector:
         self.handles = []
 
     def stats(self) -> dict[str, dict]:
+        """Each module's statistics; under ``torchrun`` summed over every rank's calibration shard first."""
+        if distributed.active():
+            self._all_reduce()
         return {name: s.result() for name, s in self.layers.items()}
+
+    def _all_reduce(self) -> None:
+        for name in sorted(self.layers):
+            layer = self.layers[name]
+            counts = torch.tensor([layer.n_tokens, layer.n_samples], dtype=torch.float64)
+            keys = sorted(layer.sums)
+            distributed.all_reduce_([counts, *(layer.sums[k] for k in keys)])
+            layer.n_tokens, layer.n_samples = (int(c) for c in counts.tolist())
 
     def __enter__(self) -> StatsCollector:
         return self

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .allocation import outlier_ratio, owl_sparsities
-from .calibration import run_blockwise
+from .calibration import BlockStream, run_blockwise
 from .gradients import gradient_norms
 from .scorers.base import Scorer
 from .scorers.wanda import activation_norms
@@ -93,7 +93,14 @@ def prune_unstructured(
     batch_size: int = 8,
     progress: bool = False,
     taps: dict | None = None,
+    stream: BlockStream | None = None,
 ) -> UnstructuredResult:
+    """Prune every targeted weight; see the module docstring.
+
+    With ``stream`` (an offloaded model, :mod:`prunekit.big`) each block's weights are brought in before
+    and written out after it is pruned, masks go to ``stream.keep_mask`` instead of the result, and no
+    in-memory backup is kept: the checkpoint on disk is the backup.
+    """
     result = UnstructuredResult()
     needs = scorer.needs & ACTIVATION_STATS
     per_block = _by_block(model, blocks, targeted)
@@ -136,10 +143,14 @@ def prune_unstructured(
                 new, mask = scorer.prune_matrix(matrix, st, selection)
                 if "hessian" in st:
                     result.errors[name] = relative_error(matrix, new, st["hessian"])
-                backup.keep(mod.weight)
+                if stream is None:
+                    backup.keep(mod.weight)
                 with torch.no_grad():
                     mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))
-                result.masks[name] = mask.reshape(mod.weight.shape)
+                if stream is None:
+                    result.masks[name] = mask.reshape(mod.weight.shape)
+                else:
+                    stream.keep_mask(name, mask.reshape(mod.weight.shape))
 
         if needs:
             run_blockwise(
@@ -154,10 +165,15 @@ def prune_unstructured(
                 progress=progress,
                 desc=f"{scorer.name} blocks",
                 taps=taps,
+                stream=stream,
             )
         else:
             for i, mods in tqdm(list(enumerate(per_block["inside"])), desc="scoring", disable=not progress):
+                if stream is not None:
+                    stream.onload(i, blocks[i])
                 prune_modules(i, mods, {})
+                if stream is not None:
+                    stream.offload(i, blocks[i])
         if per_block["outside"]:
             prune_modules(-1, per_block["outside"], {})
     except BaseException:

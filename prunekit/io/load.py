@@ -81,11 +81,14 @@ def from_pretrained(directory: str | Path, torch_dtype: torch.dtype | None = Non
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
     """The saved pruning masks (param name -> bool tensor, True = pruned); empty when none were saved."""
-    path = Path(directory) / MASKS_FILE
-    if not path.is_file():
-        return {}
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    directory = Path(directory)
+    files = [directory / MASKS_FILE] if (directory / MASKS_FILE).is_file() else []
+    files += sorted(directory.glob("prunekit_masks-*-of-*.safetensors"))  # written block by block (offload)
+    masks: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            masks.update({k: f.get_tensor(k) for k in f.keys()})
+    return masks
 
 
 def _read_section(raw: dict) -> dict[str, Any]:
