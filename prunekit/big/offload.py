@@ -88,13 +88,17 @@ def prune_offloaded(
     """
     t0 = time.perf_counter()
     scorer = get_scorer(method, **scorer_options)
-    structure = structure or "unstructured"
-    pattern = parse_structure(structure)
+    from ..api import default_structure
+
+    pattern = parse_structure(structure or default_structure(scorer))
     if pattern == "structured":
         raise ValueError(
             "offloaded pruning supports unstructured and N:M methods; structured pruning picks units "
             "with a global view and reshapes the whole model: load it in memory (prunekit.prune)"
         )
+    kind = "N:M" if isinstance(pattern, NM) else pattern
+    if kind not in scorer.structures:
+        raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
     if "grad" in scorer.needs:
         raise ValueError(
             f"method {method!r} needs gradients of the full model, which offloading cannot provide"
@@ -120,6 +124,9 @@ def prune_offloaded(
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     targeted = weight_targets(model, blocks, targets, ignore)
+    from ..api import _check_nm
+
+    _check_nm(targeted, pattern)
     prefixes = _block_prefixes(model, blocks)
     outside = [n for n in targeted if not any(n.startswith(p) for p in prefixes)]
     if outside:
