@@ -52,6 +52,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
     p.add_argument("--out", default=None, help="directory to save the pruned model, tokenizer and report")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (cuda when available)")
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights' dtype"
+    )
+    p.add_argument(
+        "--offload",
+        action="store_true",
+        help="larger than memory: read --model (a local safetensors directory) block by block from disk "
+        "and write the pruned model to --out shard by shard (unstructured / N:M methods)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel calibration under torchrun (gloo on CPU, NCCL on GPU); implied when "
+        "torchrun launches more than one process. Rank 0 evaluates and saves",
+    )
 
     e = sub.add_parser("eval", help="perplexity of a model, and JS divergence to a compared model")
     _common(e)
@@ -85,15 +101,40 @@ def _graph(args) -> int:
     return 0
 
 
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device (use cpu or auto)")
+    return device
+
+
 def _prune(args) -> int:
+    import torch
+
     import prunekit
+    from prunekit.core import distributed
     from prunekit.data import calibration_ids, eval_windows
     from prunekit.eval import js_divergence, perplexity
 
-    model, tok = prunekit.models.load(args.model)
+    device = _device(args.device)
+    launched = distributed.init(device)
+    if args.distributed and not launched:
+        raise ValueError("--distributed needs a torchrun launch with more than one process (WORLD_SIZE > 1)")
+    if args.offload:
+        return _prune_offloaded(args, device)
+    main_rank = distributed.rank() == 0
+    model, tok = prunekit.models.load(args.model, dtype=getattr(torch, args.dtype))
+    model.to(device)
     calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
     windows = None
-    if not args.no_eval:
+    if not args.no_eval and main_rank:
         windows = eval_windows(tok, seq_len=args.seq_len, max_windows=args.eval_windows, source=args.text)
         dense_ppl = perplexity(model, windows, progress=True)
         import copy
@@ -116,6 +157,8 @@ def _prune(args) -> int:
         mode=args.mode,
         progress=True,
     )
+    if not main_rank:
+        return 0  # every rank holds the same pruned model; rank 0 reports and saves
     print(report)
     summary = report.to_dict()
     if windows is not None:
@@ -140,6 +183,30 @@ def _prune(args) -> int:
         prunekit.save_pretrained(model, out, tokenizer=tok, record=calibration_source, report=report)
         (out / "prune_report.json").write_text(json.dumps(summary, indent=2))
         print(f"saved to {out}")
+    return 0
+
+
+def _prune_offloaded(args, device) -> int:
+    from prunekit.big import prune_offloaded
+    from prunekit.data import calibration_ids
+
+    if not args.out:
+        raise ValueError("--offload writes the pruned model shard by shard: it needs --out")
+    if not Path(args.model).expanduser().is_dir():
+        raise ValueError("--offload reads a local model directory block by block: --model must be one")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(Path(args.model).expanduser(), local_files_only=True)
+    calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
+    result = prune_offloaded(
+        args.model, args.out, args.method, args.sparsity, args.structure, calibration,
+        targets=args.targets, ignore=args.ignore, device=device, calibration_mode=args.calibration_mode,
+        progress=True,
+    )  # fmt: skip
+    print(
+        f"{result.method} {result.structure} {result.sparsity:g}: {result.achieved:.4f} of the targeted "
+        f"weights pruned in {result.seconds:.1f} s; written shard by shard to {result.directory}"
+    )
     return 0
 
 
@@ -170,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, ImportError) as err:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from .core.distributed import PeerFailedError
+
+        if not isinstance(err, PeerFailedError):
+            raise
+        print(f"prunekit: error: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

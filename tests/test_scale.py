@@ -229,3 +229,35 @@ def test_a_failing_rank_stops_every_rank(tmp_path):
     assert "injected failure on rank 1" in output
     assert "rank(s) [1] failed" in output  # rank 0 names the failed peer
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_offload_and_torchrun_module_launch(tmp_path):
+    """``prunekit prune --offload`` and ``torchrun -m prunekit prune`` write the same Wanda model."""
+    from transformers import PreTrainedTokenizerFast
+
+    from prunekit.cli import main
+    from prunekit.data import default_text
+    from prunekit.reference import load_corpus, train_tokenizer
+
+    _model, src = _saved(tmp_path, "llama", 5)
+    tokenizer: PreTrainedTokenizerFast = train_tokenizer(load_corpus(None).tokenizer_text()[:40_000], 300)
+    tokenizer.save_pretrained(src)
+    text = tmp_path / "text.txt"
+    text.write_text(default_text()[:40_000], encoding="utf-8")
+    common = ["--model", str(src), "--method", "wanda", "--sparsity", "0.5", "--text", str(text),
+              "--calib-samples", "4", "--seq-len", "32", "--no-eval"]  # fmt: skip
+    assert main(["prune", *common, "--offload", "--out", str(tmp_path / "offloaded")]) == 0
+    assert main(["prune", *common, "--offload"]) == 2  # --offload needs --out
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "prunekit", "prune", *common, "--out", str(tmp_path / "ddp")]  # fmt: skip
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    offloaded = prunekit.from_pretrained(tmp_path / "offloaded").state_dict()
+    ddp = prunekit.from_pretrained(tmp_path / "ddp").state_dict()
+    assert offloaded.keys() == ddp.keys()
+    for name, value in ddp.items():
+        torch.testing.assert_close(offloaded[name], value, rtol=1e-6, atol=1e-6)
+        assert torch.equal(offloaded[name] == 0, value == 0), name
+    assert load_masks(tmp_path / "offloaded").keys() == load_masks(tmp_path / "ddp").keys()
