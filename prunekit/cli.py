@@ -203,6 +203,10 @@ def _prune_offloaded(args, device) -> int:
         targets=args.targets, ignore=args.ignore, device=device, calibration_mode=args.calibration_mode,
         progress=True,
     )  # fmt: skip
+    from prunekit.core import distributed
+
+    if distributed.rank() != 0:
+        return 0
     print(
         f"{result.method} {result.structure} {result.sparsity:g}: {result.achieved:.4f} of the targeted "
         f"weights pruned in {result.seconds:.1f} s; written shard by shard to {result.directory}"
