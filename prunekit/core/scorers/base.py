@@ -95,7 +95,7 @@ def unit_sum(group: Group, per_position: Mapping[tuple[str, int], torch.Tensor])
     total = torch.zeros(group.num_units, dtype=torch.float64)
     per = group.units_per_outer
     for m in group.members:
-        values = per_position[(m.param, m.dim)][m.positions].double()
+        values = per_position[(m.param, m.dim)].double().cpu()[m.positions]  # unit totals live on the CPU
         if m.per_outer:
             outer = torch.zeros(group.num_outer, dtype=torch.float64).index_add_(0, m.units, values)
             total += outer.repeat_interleave(per) / per

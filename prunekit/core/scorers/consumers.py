@@ -34,7 +34,7 @@ def consumer_unit_scores(
         st = stats.get(m.module)
         if st is None and require_stats:
             continue
-        column = metric(weights[m.param].detach().float(), st or {}).double()
+        column = metric(weights[m.param].detach().float(), st or {}).double().cpu()  # small: one per column
         values = column[m.positions]
         units = m.units
         if m.per_outer:  # a column shared by an outer unit's query heads counts for each of them

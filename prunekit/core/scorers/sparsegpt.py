@@ -113,7 +113,7 @@ def _inverse_factor(hessian: torch.Tensor, damp: float, cols: int) -> tuple[torc
     for dtype in (torch.float32, torch.float64):  # fp32 as usual; fp64 if damping was not enough
         h = hessian.to(dtype).clone()
         h[dead, dead] = 1.0
-        h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=dtype)
+        h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=dtype, device=h.device)
         try:
             hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
             return torch.linalg.cholesky(hinv, upper=True).float(), dead
