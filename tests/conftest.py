@@ -106,3 +106,25 @@ def tiny_llama() -> PreTrainedModel:
 @pytest.fixture(scope="session")
 def byte_tokenizer() -> PreTrainedTokenizerBase:
     return make_byte_tokenizer(with_bos=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Micro models are all per-op overhead: a second torch thread only adds synchronisation (up to 40x
+    slower when the cores are shared). Modules opt in with ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def docs_corpus_file(tmp_path_factory):
+    """The first 30k characters of the stdlib docs as a UTF-8 file (a few hundred training windows)."""
+    from prunekit.data import default_text
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text(default_text()[:30_000], encoding="utf-8")
+    return path

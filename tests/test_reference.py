@@ -26,21 +26,12 @@ SEQ = 32
 MICRO = dict(size="micro", seq_len=SEQ, batch_size=4, eval_windows=4, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro models are all per-op overhead; a second thread only adds synchronisation (40x slower when
-    the cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
-    path.write_text(default_text()[:30_000], encoding="utf-8")
-    return path
+def corpus_file(docs_corpus_file):
+    return docs_corpus_file
 
 
 @pytest.fixture(scope="module")

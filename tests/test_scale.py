@@ -28,12 +28,7 @@ from prunekit.reference.configs import reference_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _saved(tmp: Path, arch: str, seed: int, dtype=torch.float32) -> tuple[torch.nn.Module, Path]:

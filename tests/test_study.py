@@ -33,19 +33,12 @@ SPARSITIES = [0.25, 0.5]
 SMALL = dict(seq_len=SEQ, n_samples=4, max_eval_windows=3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
-    path.write_text(default_text()[:30_000], encoding="utf-8")
-    return path
+def corpus_file(docs_corpus_file):
+    return docs_corpus_file
 
 
 @pytest.fixture(scope="module")
