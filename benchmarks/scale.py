@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--ddp-method", default="wanda")
     parser.add_argument("--ddp-calib", type=int, default=64)
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--ddp-worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -125,52 +126,60 @@ def main() -> None:
         src, method, calib, seq, out = args.ddp_worker
         return _ddp_worker(src, method, int(calib), int(seq), out)
 
-    print(
-        f"part 1: {args.method} 50 %, {args.calib} x {args.seq_len} calibration tokens, hidden {args.hidden}"
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if 1 in args.parts:
+            _part1(args, Path(tmp))
+        if 2 in args.parts:
+            _part2(args, Path(tmp))
+
+
+def _part1(args, tmp: Path) -> None:
+    print(f"part 1: {args.method} 50 %, {args.calib} x {args.seq_len} calib tokens, width {args.hidden}")
     print("| layers | checkpoint MB | in-memory peak MB | offloaded peak MB | peak ratio | in-memory s | "
           "offloaded s | time ratio |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        last_src = None
-        for layers in args.layers:
-            src = tmp / f"llama-{layers}"
-            size = _make_model(src, layers, args.hidden)
-            point = {}
-            for mode in ("memory", "offload"):
-                out = tmp / f"{mode}-{layers}"
-                cmd = [sys.executable, str(HERE), "--worker", mode, str(src), str(out), args.method,
-                       str(args.calib), str(args.seq_len)]  # fmt: skip
-                point[mode] = _run(cmd)
-            m, o = point["memory"], point["offload"]
-            print(f"| {layers} | {size / 2**20:.0f} | {m['peak_mb']:.0f} | {o['peak_mb']:.0f} | "
-                  f"{o['peak_mb'] / m['peak_mb']:.2f} | {m['seconds']:.1f} | {o['seconds']:.1f} | "
-                  f"{o['seconds'] / m['seconds']:.2f} |")  # fmt: skip
-            last_src = src
+    for layers in args.layers:
+        src = tmp / f"llama-{layers}"
+        size = _make_model(src, layers, args.hidden)
+        point = {}
+        for mode in ("memory", "offload"):
+            cmd = [sys.executable, str(HERE), "--worker", mode, str(src), str(tmp / f"{mode}-{layers}"),
+                   args.method, str(args.calib), str(args.seq_len)]  # fmt: skip
+            point[mode] = _run(cmd)
+        m, o = point["memory"], point["offload"]
+        print(f"| {layers} | {size / 2**20:.0f} | {m['peak_mb']:.0f} | {o['peak_mb']:.0f} | "
+              f"{o['peak_mb'] / m['peak_mb']:.2f} | {m['seconds']:.1f} | {o['seconds']:.1f} | "
+              f"{o['seconds'] / m['seconds']:.2f} |")  # fmt: skip
 
-        print(f"\npart 2: {args.ddp_method} 50 % on the {args.layers[-1]}-layer model, {args.ddp_calib} x "
-              f"{args.seq_len} calibration tokens, torchrun (gloo), one thread per process")  # fmt: skip
-        print("| processes | prune s | speed-up | masks identical to 1 process |")
-        print("|---:|---:|---:|---|")
-        from safetensors.torch import load_file
 
-        times, masks = {}, {}
-        for n in (1, 2):
-            out = tmp / f"ddp-{n}.safetensors"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-                   str(HERE), "--ddp-worker", str(last_src), args.ddp_method, str(args.ddp_calib),
-                   str(args.seq_len), str(out)]  # fmt: skip
-            times[n] = _run(cmd)["seconds"]
-            masks[n] = load_file(out)
-        same = masks[1].keys() == masks[2].keys() and all(
-            (masks[1][k] == masks[2][k]).all() for k in masks[1]
-        )
-        for n in (1, 2):
-            print(
-                f"| {n} | {times[n]:.1f} | {times[1] / times[n]:.2f} | {'yes' if same or n == 1 else 'no'} |"
-            )
+def _part2(args, tmp: Path) -> None:
+    from safetensors.torch import load_file
 
+    layers = args.layers[-1]
+    src = tmp / f"llama-{layers}"
+    if not src.exists():
+        _make_model(src, layers, args.hidden)
+    print(f"\npart 2: {args.ddp_method} 50 % on the {layers}-layer model, {args.ddp_calib} x {args.seq_len} "
+          "calibration tokens, torchrun (gloo), one thread per process")  # fmt: skip
+    print("| processes | prune s | speed-up | masks identical to 1 process |")
+    print("|---:|---:|---:|---|")
+    times, masks = {}, {}
+    for n in (1, 2):
+        out = tmp / f"ddp-{n}.safetensors"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+               str(HERE), "--ddp-worker", str(src), args.ddp_method, str(args.ddp_calib), str(args.seq_len),
+               str(out)]  # fmt: skip
+        times[n] = _run(cmd)["seconds"]
+        masks[n] = load_file(out)
+    same = masks[1].keys() == masks[2].keys() and all(torch_equal(masks[1][k], masks[2][k]) for k in masks[1])
+    for n in (1, 2):
+        print(f"| {n} | {times[n]:.1f} | {times[1] / times[n]:.2f} | {'yes' if same or n == 1 else 'no'} |")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
 
 if __name__ == "__main__":
     main()
