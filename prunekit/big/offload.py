@@ -36,6 +36,7 @@ from ..core.targets import weight_targets
 from ..core.unstructured import ACTIVATION_STATS, prune_unstructured
 from ..io.format import FORMAT, SECTION, SPARSITY_FILE
 from .checkpoint import LazyCheckpoint
+from .memory import release_free_memory, use_mmap_for_large_buffers
 
 __all__ = ["prune_offloaded", "OffloadResult", "MASK_SHARDS"]
 
@@ -132,6 +133,7 @@ def prune_offloaded(
     if outside:
         raise ValueError(f"offloaded pruning prunes weights inside the blocks only; {outside} lie outside")
 
+    use_mmap_for_large_buffers()  # see .memory: otherwise the heap fragments block after block
     writer = _ShardWriter(out, ckpt, len(blocks), write=distributed.rank() == 0)
     stream = _DiskStream(model, ckpt, prefixes, aliases, device, writer)
     try:
@@ -244,6 +246,8 @@ class _DiskStream(BlockStream):
             del self.masks[n]
         for name in self.block_params[index]:
             _set_param(self.model, self.aliases[name], torch.empty_like(params[name], device="meta"))
+        del params, state, masks
+        release_free_memory()
 
     def outside_state(self) -> dict[str, torch.Tensor]:
         params = dict(self.model.named_parameters())
