@@ -114,8 +114,10 @@ def figures(rows: list[dict[str, Any]], text_names: Sequence[str]) -> dict[str, 
 
 
 def _panel_figure(title: str, methods: Sequence[str]):
+    """A panel per method sharing one y axis (so methods compare at a glance), symlog in percent."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     cols = min(3, max(1, len(methods)))
     rows = math.ceil(len(methods) / cols)
@@ -123,13 +125,14 @@ def _panel_figure(title: str, methods: Sequence[str]):
     FigureCanvasAgg(fig)
     axes = []
     for i, method in enumerate(methods):
-        ax = fig.add_subplot(rows, cols, i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1, sharey=axes[0] if axes else None)
         ax.set_title(method, fontsize=10)
-        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{100 * v:+.0f}%"))
         ax.set_xlabel("sparsity")
-        ax.set_ylabel("ppl / dense - 1")
+        ax.set_ylabel("perplexity increase")
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="major", alpha=0.3)
         axes.append(ax)
     fig.suptitle(title, fontsize=11)
     return fig, axes
