@@ -1,7 +1,10 @@
 """Per-layer input statistics gathered by forward hooks while calibration data flows through a block.
 
-Scorers name what they need (``Scorer.needs``); only that is accumulated, always in fp32 (fp64 for the
-running sums whose cancellation matters), whatever the model's dtype:
+Scorers name what they need (``Scorer.needs``); only that is accumulated, always in fp32 or fp64, whatever
+the model's dtype. Per-feature sums run in fp64 and are rounded to fp32 at the end, so that splitting the
+calibration set over processes (which changes the summation order) gives the same fp32 statistics and
+masks (barring an fp64 sum within 1e-16 of an fp32 rounding boundary); X^T X stays fp32 (its size
+makes fp64 costly), which is why SparseGPT matches only to tolerance:
 
 - ``sq_norm``: sum over tokens of x_j^2 per input feature (Wanda's ||X_j||^2), with ``n_samples``.
 - ``hessian``: X^T X over tokens, scaled as 2/n like SparseGPT's H (used for OBS updates).
@@ -41,8 +44,8 @@ class LayerStats:
             )
         x = x.float()
         tokens = x.shape[0]
-        if "sq_norm" in self.needs:
-            self._acc("sq_norm", (x * x).sum(0))
+        if "sq_norm" in self.needs:  # fp64 running sum: the same fp32 result in any summation order
+            self._acc("sq_norm", (x.double() ** 2).sum(0))
         if "mean" in self.needs or "var" in self.needs:
             self._acc("sum", x.double().sum(0))
             self._acc("sumsq", (x.double() ** 2).sum(0))
@@ -61,7 +64,7 @@ class LayerStats:
         out: dict[str, torch.Tensor | int] = {"n_tokens": self.n_tokens, "n_samples": self.n_samples}
         n = max(1, self.n_tokens)
         if "sq_norm" in self.sums:
-            out["sq_norm"] = self.sums["sq_norm"]
+            out["sq_norm"] = self.sums["sq_norm"].float()
         if "sum" in self.sums:
             mean = self.sums["sum"] / n
             out["mean"] = mean.float()
