@@ -85,7 +85,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
             if line.startswith(field):
                 return int(line.split()[1]) * 1024
 
-    prune_offloaded(src, out, "wanda", 0.5, calibration=ids, device="cpu")  # warm-up: imports, first-call caches
+    prune_offloaded(src, out, "wanda", 0.5, calibration=ids, device="cpu")  # warm-up: imports, caches
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # resets the peak (VmHWM) to the current RSS
     base = rss("VmRSS")
@@ -97,9 +97,9 @@ _MEMORY_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_offloaded_pruning_stays_within_a_quarter_of_the_model(tmp_path):
-    """A model ~4x larger than the allowed growth of the process prunes within that budget."""
+    """A model 4x larger than the allowed growth of the process (466 MB vs 117 MB) prunes within it."""
     config = LlamaConfig(
-        vocab_size=512, hidden_size=512, intermediate_size=1376, num_hidden_layers=24,
+        vocab_size=512, hidden_size=512, intermediate_size=1376, num_hidden_layers=40,
         num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -116,9 +116,9 @@ def test_offloaded_pruning_stays_within_a_quarter_of_the_model(tmp_path):
 
     mem = json.loads(run.stdout.strip().splitlines()[-1])
     budget = model_bytes / 4
-    assert model_bytes > 250e6
+    assert model_bytes > 450e6
     assert mem["peak"] - mem["base"] < budget, (mem, model_bytes)
-    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == 25
+    assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == 41
 
 
 def test_offload_refuses_what_it_cannot_do(tmp_path):
