@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..sweep import _csv_value
 from .texts import HELDOUT
 
 __all__ = ["write_outputs", "figures", "markdown", "read_csv"]
@@ -38,10 +39,6 @@ def write_outputs(
         fig.savefig(out_dir / name)
         written.append(out_dir / name)
     return written
-
-
-def _csv_value(value: Any) -> Any:
-    return repr(value) if isinstance(value, float) else value
 
 
 _NUMERIC = {"sparsity", "achieved", "param_ratio", "prune_seconds"}
