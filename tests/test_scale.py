@@ -256,3 +256,23 @@ def test_cli_offload_and_torchrun_module_launch(tmp_path):
         torch.testing.assert_close(offloaded[name], value, rtol=1e-6, atol=1e-6)
         assert torch.equal(offloaded[name] == 0, value == 0), name
     assert load_masks(tmp_path / "offloaded").keys() == load_masks(tmp_path / "ddp").keys()
+
+
+def test_blocks_dispatched_by_accelerate_keep_their_hooks(tmp_path):
+    """accelerate's dispatch wraps each block's forward on the instance; pruning must not drop it."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    model, _src = _saved(tmp_path, "llama", 6)
+    ids = torch.randint(3, 300, (4, 16))
+    reference = copy.deepcopy(model)
+    want = prunekit.prune(reference, method="sparsegpt", sparsity=0.5, calibration=ids)
+    blocks = model.model.layers
+    for block in blocks:
+        add_hook_to_module(block, AlignDevicesHook(execution_device="cpu", io_same_device=True))
+    hooked = [block.__dict__["forward"] for block in blocks]
+    got = prunekit.prune(model, method="sparsegpt", sparsity=0.5, calibration=ids)
+    assert [block.__dict__.get("forward") for block in blocks] == hooked
+    assert all(torch.equal(got.masks[k], want.masks[k]) for k in want.masks)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values())
+    )

@@ -83,6 +83,9 @@ def record_block_calls(model: torch.nn.Module, blocks: Sequence[torch.nn.Module]
 
         return forward
 
+    # a block may already carry an instance-level forward (accelerate's dispatch hooks wrap it that way):
+    # put back exactly what was there, never just delete
+    own = [b.__dict__.get("forward") for b in blocks]
     try:
         for i, b in enumerate(blocks):
             b.forward = identity(i)
@@ -93,8 +96,10 @@ def record_block_calls(model: torch.nn.Module, blocks: Sequence[torch.nn.Module]
     except Exception:
         calls = [None] * len(blocks)
     finally:
-        for b in blocks:
-            if "forward" in b.__dict__:
+        for b, previous in zip(blocks, own):
+            if previous is not None:
+                b.forward = previous
+            elif "forward" in b.__dict__:
                 del b.forward
     if any(c is None for c in calls):
         calls = _record_with_hooks(model, blocks, ids)
