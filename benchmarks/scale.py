@@ -11,6 +11,7 @@ per process) and times the whole prune call; the masks are compared for identity
 
     python benchmarks/scale.py
     python benchmarks/scale.py --layers 8 32 --hidden 1024 --calib 64
+    python benchmarks/scale.py --parts 3        # on a machine with CUDA: SmolLM2 on GPU vs CPU
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--ddp-method", default="wanda")
     parser.add_argument("--ddp-calib", type=int, default=64)
-    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    parser.add_argument(
+        "--parts", type=int, nargs="+", default=[1, 2], choices=[1, 2, 3], help="3: SmolLM2 on GPU vs CPU"
+    )
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--ddp-worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,6 +134,8 @@ def main() -> None:
             _part1(args, Path(tmp))
         if 2 in args.parts:
             _part2(args, Path(tmp))
+        if 3 in args.parts:
+            _part3()
 
 
 def _part1(args, tmp: Path) -> None:
@@ -174,6 +179,42 @@ def _part2(args, tmp: Path) -> None:
     same = masks[1].keys() == masks[2].keys() and all(torch_equal(masks[1][k], masks[2][k]) for k in masks[1])
     for n in (1, 2):
         print(f"| {n} | {times[n]:.1f} | {times[1] / times[n]:.2f} | {'yes' if same or n == 1 else 'no'} |")
+
+
+def _part3(methods=("wanda", "sparsegpt", "flap")) -> None:
+    """SmolLM2-135M pruning time on the GPU against the CPU (skipped without CUDA)."""
+    import copy
+
+    import torch
+
+    import prunekit
+    from prunekit.data import calibration_ids
+
+    if not torch.cuda.is_available():
+        print("\npart 3: skipped (no CUDA device)")
+        return
+    model, tokenizer = prunekit.models.load("smollm2-135m")
+    ids = calibration_ids(tokenizer, n_samples=32, seq_len=256)
+    gpu = torch.cuda.get_device_name()
+    print(f"\npart 3: SmolLM2-135M, 50 % (FLAP 20 %), 32 x 256 calibration tokens; {gpu}")
+    print("| method | CPU s | GPU s | speed-up | masks equal |")
+    print("|---|---:|---:|---:|---|")
+    for method in methods:
+        sparsity = 0.2 if method == "flap" else 0.5
+        timing, reports = {}, {}
+        for device in ("cpu", "cuda"):
+            pruned = copy.deepcopy(model).to(device)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            reports[device] = prunekit.prune(pruned, method=method, sparsity=sparsity, calibration=ids)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            timing[device] = time.perf_counter() - t0
+        masks = reports["cpu"].masks
+        equal = all(torch.equal(masks[k], reports["cuda"].masks[k].cpu()) for k in masks) if masks else "n/a"
+        cpu, cuda = timing["cpu"], timing["cuda"]
+        print(f"| {method} | {cpu:.1f} | {cuda:.1f} | {cpu / cuda:.1f} | {equal} |")
 
 
 def torch_equal(a, b) -> bool:
