@@ -158,6 +158,7 @@ def _part1(args, tmp: Path) -> None:
 
 
 def _part2(args, tmp: Path) -> None:
+    import torch
     from safetensors.torch import load_file
 
     layers = args.layers[-1]
@@ -176,7 +177,7 @@ def _part2(args, tmp: Path) -> None:
                str(out)]  # fmt: skip
         times[n] = _run(cmd)["seconds"]
         masks[n] = load_file(out)
-    same = masks[1].keys() == masks[2].keys() and all(torch_equal(masks[1][k], masks[2][k]) for k in masks[1])
+    same = masks[1].keys() == masks[2].keys() and all(torch.equal(masks[1][k], masks[2][k]) for k in masks[1])
     for n in (1, 2):
         print(f"| {n} | {times[n]:.1f} | {times[1] / times[n]:.2f} | {'yes' if same or n == 1 else 'no'} |")
 
@@ -216,11 +217,6 @@ def _part3(methods=("wanda", "sparsegpt", "flap")) -> None:
         cpu, cuda = timing["cpu"], timing["cuda"]
         print(f"| {method} | {cpu:.1f} | {cuda:.1f} | {cpu / cuda:.1f} | {equal} |")
 
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a, b)
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,8 @@ __all__ = ["default_text", "load_text", "calibration_ids", "calibration_from_tex
 
 _DEFAULT_ALIASES = frozenset({"default", "pydoc"})
 _TOKEN_CACHE_SIZE = 8
+#: share of the token stream used for calibration; the rest is the evaluation (held-out) split
+CALIB_FRACTION = 0.8
 _token_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
 
@@ -60,7 +62,7 @@ def calibration_ids(
     seq_len: int = 256,
     seed: int = 0,
     source: str | None = None,
-    calib_fraction: float = 0.8,
+    calib_fraction: float = CALIB_FRACTION,
 ) -> torch.LongTensor:
     """``n_samples`` random windows of ``seq_len`` tokens from the calibration split, shape ``[N, L]``.
 
@@ -85,7 +87,7 @@ def eval_windows(
     seq_len: int = 256,
     max_windows: int | None = None,
     source: str | None = None,
-    calib_fraction: float = 0.8,
+    calib_fraction: float = CALIB_FRACTION,
 ) -> torch.LongTensor:
     """Consecutive non-overlapping windows covering the evaluation split, shape ``[W, L]``.
 

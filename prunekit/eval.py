@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .core.calibration import input_device
+
 __all__ = ["perplexity", "js_divergence"]
 
 
@@ -120,15 +122,9 @@ def _batches(windows: torch.Tensor, batch_size: int, progress: bool, desc: str) 
         yield windows[start : start + batch_size]
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for parameter-less modules)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """fp32 logits ``[B, L, V]`` for a batch of full (unpadded) windows."""
-    out = model(input_ids=batch.to(_device_of(model)), use_cache=False)
+    out = model(input_ids=batch.to(input_device(model)), use_cache=False)
     logits = out.logits if hasattr(out, "logits") else out[0]
     return logits.float()
 

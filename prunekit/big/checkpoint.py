@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..io.format import CheckpointError
+from ..io.load import _weight_files
 
 __all__ = ["LazyCheckpoint"]
 
@@ -40,23 +41,10 @@ class LazyCheckpoint:
         self.directory = Path(directory).expanduser()
         if not (self.directory / "config.json").is_file():
             raise ValueError(f"{str(self.directory)!r} has no config.json: not a Hugging Face model")
-        index = self.directory / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (self.directory / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        else:
-            raise CheckpointError(
-                f"{self.directory} has no model.safetensors or model.safetensors.index.json "
-                "(offloaded pruning reads safetensors only)"
-            )
+        files = _weight_files(self.directory)  # single file or the shards the index names
         self.entries: dict[str, tuple[Path, torch.dtype, list[int], int, int]] = {}
-        for name in files:
-            self._read_header(self.directory / name)
-
-    @property
-    def where(self) -> dict[str, str]:
-        return {name: entry[0].name for name, entry in self.entries.items()}
+        for path in files:
+            self._read_header(path)
 
     def _read_header(self, path: Path) -> None:
         if not path.is_file():
@@ -103,10 +91,3 @@ class LazyCheckpoint:
         if sys.byteorder != "little":
             tensor = tensor.byteswap()  # pragma: no cover - safetensors is little-endian
         return tensor
-
-    def nbytes(self) -> int:
-        """Total size of the stored tensors (what loading the whole model takes)."""
-        return sum(entry[4] for entry in self.entries.values())
-
-    def close(self) -> None:
-        """Nothing stays open between reads; kept so callers need not know."""

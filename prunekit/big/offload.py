@@ -34,14 +34,11 @@ from ..core.scorers import get_scorer
 from ..core.select import NM, parse_structure
 from ..core.targets import weight_targets
 from ..core.unstructured import ACTIVATION_STATS, prune_unstructured
-from ..io.format import FORMAT, SECTION, SPARSITY_FILE
+from ..io.format import FORMAT, SECTION, SPARSITY_FILE, CheckpointError, mask_shard
 from .checkpoint import LazyCheckpoint
 from .memory import release_free_memory, use_mmap_for_large_buffers
 
-__all__ = ["prune_offloaded", "OffloadResult", "MASK_SHARDS"]
-
-#: glob of the per-block mask files (prunekit.io.load_masks reads them too)
-MASK_SHARDS = "prunekit_masks-*-of-*.safetensors"
+__all__ = ["prune_offloaded", "OffloadResult"]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
 
 
@@ -153,8 +150,6 @@ def prune_offloaded(
     except BaseException:
         writer.abort()
         raise
-    finally:
-        ckpt.close()
     masked = sum(v[0] for v in writer.mask_counts.values())
     total = sum(v[1] for v in writer.mask_counts.values())
     return OffloadResult(
@@ -177,22 +172,14 @@ def _skeleton(ckpt: LazyCheckpoint) -> tuple[torch.nn.Module, dict[str, list[str
     for name, param in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(param), []).append(name)
     aliases = {name: names for names in by_id.values() for name in names}
-    stored = set(ckpt.where)
+    stored = set(ckpt.entries)
     for names in by_id.values():
         if not stored & set(names):
-            raise _missing(ckpt, names[0])
+            raise CheckpointError(f"{ckpt.directory}: tensor {names[0]!r} is missing from the checkpoint")
     unexpected = sorted(stored - set(aliases))
     if unexpected:
-        from ..io.format import CheckpointError
-
         raise CheckpointError(f"{ckpt.directory}: unexpected tensors {unexpected[:5]} for this config")
     return model, aliases
-
-
-def _missing(ckpt, name):
-    from ..io.format import CheckpointError
-
-    return CheckpointError(f"{ckpt.directory}: tensor {name!r} is missing from the checkpoint")
 
 
 def _block_prefixes(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> list[str]:
@@ -220,7 +207,7 @@ class _DiskStream(BlockStream):
         self.masks: dict[str, torch.Tensor] = {}
 
     def _stored_name(self, name: str) -> str:
-        return next(n for n in self.aliases[name] if n in self.ckpt.where)
+        return next(n for n in self.aliases[name] if n in self.ckpt.entries)
 
     def _load(self, name: str) -> None:
         value = self.ckpt.get(self._stored_name(name)).to(self.device)
@@ -289,7 +276,7 @@ class _ShardWriter:
                 "masked_nonzero": int((weight[mask] != 0).sum()),
             }  # fmt: skip
         if masks:
-            file = f"prunekit_masks-{index + 1:05d}-of-{self.n:05d}.safetensors"
+            file = mask_shard(index + 1, self.n)
             self.mask_files.append(file)
             if self.write_enabled:
                 save_file(masks, str(self.tmp / file))

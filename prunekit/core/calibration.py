@@ -53,10 +53,14 @@ def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
-    """Where token ids must be for ``model``: its input embedding's device (CPU when unknown)."""
+    """Where token ids must be for ``model``: its input embedding's device, else its first parameter's
+    (CPU for a module without parameters)."""
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     weight = getattr(emb, "weight", None)
-    return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+    if isinstance(weight, torch.Tensor):
+        return weight.device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
@@ -163,8 +167,6 @@ class BlockStream:
         """Store the pruning mask of module ``name`` (written with its block)."""
 
 
-class _InMemory(BlockStream):
-    pass
 
 
 @torch.no_grad()
@@ -195,7 +197,7 @@ def run_blockwise(
         raise ValueError(f"calibration mode must be 'sequential' or 'dense', got {mode!r}")
     was_training = model.training
     model.eval()
-    stream = stream or _InMemory()
+    stream = stream or BlockStream()
     try:
         with distributed.step():  # under torchrun: this rank's rows only; failures shared with peers
             ids = distributed.shard(ids).to(input_device(model))

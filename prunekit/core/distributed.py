@@ -75,7 +75,7 @@ def shard(ids: torch.Tensor) -> torch.Tensor:
     return ids.tensor_split(n)[rank()]
 
 
-def _device_for_collectives(tensor: torch.Tensor) -> torch.device:
+def _device_for_collectives() -> torch.device:
     backend = torch.distributed.get_backend()
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
@@ -84,8 +84,8 @@ def all_reduce_(tensors: list[torch.Tensor]) -> None:
     """Sum each tensor over ranks, in place (a no-op outside a process group)."""
     if not active():
         return
+    where = _device_for_collectives()
     for t in tensors:
-        where = _device_for_collectives(t)
         if t.device == where:
             torch.distributed.all_reduce(t)
         else:

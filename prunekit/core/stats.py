@@ -44,11 +44,12 @@ class LayerStats:
             )
         x = x.float()
         tokens = x.shape[0]
-        if "sq_norm" in self.needs:  # fp64 running sum: the same fp32 result in any summation order
-            self._acc("sq_norm", (x.double() ** 2).sum(0))
-        if "mean" in self.needs or "var" in self.needs:
-            self._acc("sum", x.double().sum(0))
-            self._acc("sumsq", (x.double() ** 2).sum(0))
+        moments = "mean" in self.needs or "var" in self.needs
+        if moments or "sq_norm" in self.needs:  # fp64: the same fp32 result in any summation order
+            xd = x.double()
+            self._acc("sumsq", (xd * xd).sum(0))  # Wanda's ||X_j||^2 and FLAP's second moment alike
+            if moments:
+                self._acc("sum", xd.sum(0))
         if "hessian" in self.needs:
             self._acc("xtx", x.t() @ x)
         self.n_tokens += tokens
@@ -63,8 +64,8 @@ class LayerStats:
     def result(self) -> dict[str, torch.Tensor | int]:
         out: dict[str, torch.Tensor | int] = {"n_tokens": self.n_tokens, "n_samples": self.n_samples}
         n = max(1, self.n_tokens)
-        if "sq_norm" in self.sums:
-            out["sq_norm"] = self.sums["sq_norm"].float()
+        if "sq_norm" in self.needs and "sumsq" in self.sums:
+            out["sq_norm"] = self.sums["sumsq"].float()
         if "sum" in self.sums:
             mean = self.sums["sum"] / n
             out["mean"] = mean.float()

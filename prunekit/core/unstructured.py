@@ -102,6 +102,9 @@ def prune_unstructured(
     in-memory backup is kept: the checkpoint on disk is the backup.
     """
     result = UnstructuredResult()
+    in_memory = stream is None
+    stream = stream or BlockStream()  # blocks already in memory: onload/offload do nothing
+    keep_mask = result.masks.__setitem__ if in_memory else stream.keep_mask
     needs = scorer.needs & ACTIVATION_STATS
     per_block = _by_block(model, blocks, targeted)
     if (needs or allocation == "owl") and per_block["outside"]:
@@ -143,14 +146,11 @@ def prune_unstructured(
                 new, mask = scorer.prune_matrix(matrix, st, selection)
                 if "hessian" in st:
                     result.errors[name] = relative_error(matrix, new, st["hessian"])
-                if stream is None:
+                if in_memory:
                     backup.keep(mod.weight)
                 with torch.no_grad():
                     mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))
-                if stream is None:
-                    result.masks[name] = mask.reshape(mod.weight.shape)
-                else:
-                    stream.keep_mask(name, mask.reshape(mod.weight.shape))
+                keep_mask(name, mask.reshape(mod.weight.shape))
 
         if needs:
             run_blockwise(
@@ -169,11 +169,9 @@ def prune_unstructured(
             )
         else:
             for i, mods in tqdm(list(enumerate(per_block["inside"])), desc="scoring", disable=not progress):
-                if stream is not None:
-                    stream.onload(i, blocks[i])
+                stream.onload(i, blocks[i])
                 prune_modules(i, mods, {})
-                if stream is not None:
-                    stream.offload(i, blocks[i])
+                stream.offload(i, blocks[i])
         if per_block["outside"]:
             prune_modules(-1, per_block["outside"], {})
     except BaseException:

@@ -8,6 +8,14 @@ SECTION = "prunekit"
 MASKS_FILE = "prunekit_masks.safetensors"
 SPARSITY_FILE = "prunekit_sparsity.json"
 REPORT_FILE = "prunekit_report.json"
+#: masks written block by block (offloaded pruning); load_masks reads them along with MASKS_FILE
+MASK_SHARDS = "prunekit_masks-*-of-*.safetensors"
+
+
+def mask_shard(k: int, n: int) -> str:
+    """File name of the ``k``-th of ``n`` mask shards (matches :data:`MASK_SHARDS`)."""
+    return f"prunekit_masks-{k:05d}-of-{n:05d}.safetensors"
+
 #: config attributes prunekit keeps on live models; saved inside the section instead of top-level
 LIVE_KEYS = ("prunekit_layers", "prunekit_added_biases", "prunekit_records", "prunekit_base_fields")
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ..adapters import get_adapter
-from .format import FORMAT, LIVE_KEYS, MASKS_FILE, SECTION, CheckpointError
+from .format import FORMAT, LIVE_KEYS, MASK_SHARDS, MASKS_FILE, SECTION, CheckpointError
 
 __all__ = ["from_pretrained", "is_prunekit_dir", "load_masks", "module_named"]
 
@@ -83,7 +83,7 @@ def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:
     """The saved pruning masks (param name -> bool tensor, True = pruned); empty when none were saved."""
     directory = Path(directory)
     files = [directory / MASKS_FILE] if (directory / MASKS_FILE).is_file() else []
-    files += sorted(directory.glob("prunekit_masks-*-of-*.safetensors"))  # written block by block (offload)
+    files += sorted(directory.glob(MASK_SHARDS))  # written block by block (offloaded pruning)
     masks: dict[str, torch.Tensor] = {}
     for path in files:
         with safe_open(str(path), "pt") as f:

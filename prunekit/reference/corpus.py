@@ -26,7 +26,7 @@ from prunekit import data as _data
 
 __all__ = ["Corpus", "load_corpus"]
 
-_CALIB_FRACTION = 0.8  # prunekit.data's default split
+_CALIB_FRACTION = _data.CALIB_FRACTION  # the same split as prunekit.data
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,21 @@ class ModelSpec:
     adapter: Adapter
     components: list[Component]
     tokenizer: Any
+    #: (model, tokenizer) of a known model name, loaded while checking (its family comes from the model)
+    preloaded: tuple[Any, Any] | None = None
 
 
-def check_models(sources: list[str]) -> list[tuple[str, Any, Adapter]]:
-    """(source, config, adapter) for each model; refuses anything that is not a causal LM.
+def check_models(sources: list[str]) -> list[tuple[str, Adapter, tuple[Any, Any] | None]]:
+    """(source, adapter, preloaded) for each model; refuses anything that is not a causal LM.
+
+    A directory is checked from its config alone; a known model name (always a causal LM) is loaded,
+    since its config comes with the weights, and handed on as ``preloaded`` so it is loaded only once.
 
     Raises:
         ValueError: empty or duplicate list, a path that is not a model directory, or a config whose
             type transformers has no causal-LM class for (an encoder, a vision model, ...).
     """
-    from ..models import KNOWN_MODELS, _resolve_alias
+    from ..models import KNOWN_MODELS, _resolve_alias, load
 
     if not sources:
         raise ValueError("the study needs at least one model")
@@ -47,9 +52,8 @@ def check_models(sources: list[str]) -> list[tuple[str, Any, Adapter]]:
     out = []
     for source in sources:
         if _resolve_alias(source) is not None:
-            from transformers import LlamaConfig
-
-            out.append((source, LlamaConfig(), adapter_for_config(LlamaConfig())))
+            model, tokenizer = load(source)
+            out.append((source, adapter_for_config(model.config), (model, tokenizer)))
             continue
         path = Path(source).expanduser()
         if not path.is_dir():
@@ -59,8 +63,7 @@ def check_models(sources: list[str]) -> list[tuple[str, Any, Adapter]]:
             )
         if not (path / "config.json").is_file():
             raise ValueError(f"model directory {source!r} has no config.json: not a Hugging Face model")
-        config = _read_config(path)
-        out.append((source, config, adapter_for_config(config)))
+        out.append((source, adapter_for_config(_read_config(path)), None))
     return out
 
 
@@ -156,10 +159,7 @@ def check_shared_tokenizer(specs: list[ModelSpec]) -> None:
 
 
 def load_tokenizer(source: str) -> Any:
-    from ..models import _resolve_alias
-
-    if _resolve_alias(source) is not None:
-        return None  # comes with the model
+    """The tokenizer of a model directory, without its weights."""
     from transformers import AutoTokenizer
 
     try:

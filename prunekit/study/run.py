@@ -124,7 +124,7 @@ def study(
     Raises:
         ValueError, TypeError: bad methods, sparsities, components, model directories that are not causal
             LMs, or models with different tokenizers (unless ``allow_mixed_tokenizers``), all before any
-            weights are loaded.
+            directory's weights are loaded (a known model name is loaded to learn its family).
     """
     methods = _as_list(methods, "methods")
     sparsities = [_check_sparsity(s) for s in _as_list(sparsities, "sparsities")]
@@ -134,14 +134,13 @@ def study(
     if shifted_text is not None:
         texts.read_text_file(shifted_text)
     checked = inputs.check_models(list(models))
-    inputs.check_component_prefixes(components, {adapter.name for _s, _c, adapter in checked})
+    inputs.check_component_prefixes(components, {adapter.name for _s, adapter, _p in checked})
     specs = []
-    for (source, _config, adapter), label in zip(checked, inputs.labels_for([s for s, _c, _a in checked])):
+    for (source, adapter, preloaded), label in zip(checked, inputs.labels_for([c[0] for c in checked])):
         chosen = inputs.resolve_components(components, adapter, source)
-        specs.append(
-            inputs.ModelSpec(source, label, adapter.name, adapter, chosen, inputs.load_tokenizer(source))
-        )
-    if not allow_mixed_tokenizers and all(s.tokenizer is not None for s in specs):
+        tokenizer = preloaded[1] if preloaded else inputs.load_tokenizer(source)
+        specs.append(inputs.ModelSpec(source, label, adapter.name, adapter, chosen, tokenizer, preloaded))
+    if not allow_mixed_tokenizers:
         inputs.check_shared_tokenizer(specs)
 
     text_names: list[str] = []
@@ -172,10 +171,12 @@ def study(
 
 
 def _load(spec: inputs.ModelSpec) -> tuple[torch.nn.Module, Any]:
+    if spec.preloaded is not None:
+        loaded, spec.preloaded = spec.preloaded, None
+        return loaded
     from ..models import load
 
-    model, tokenizer = load(spec.source)
-    return model, tokenizer
+    return load(spec.source)
 
 
 def _settings(text, shifted, n_samples, seq_len, seed, sets) -> dict[str, str]:

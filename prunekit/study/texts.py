@@ -27,7 +27,7 @@ SHIFTED = "shifted"
 def heldout_text(tokenizer: Any, source: str | None) -> str:
     """The evaluation split of ``source`` as text (decoded from the very tokens the split holds)."""
     stream = _data._token_stream(tokenizer, source)
-    cut = _data._split_point(len(stream), 0.8)
+    cut = _data._split_point(len(stream), _data.CALIB_FRACTION)
     return tokenizer.decode(stream[cut:].tolist())
 
 
