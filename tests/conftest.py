@@ -10,7 +10,27 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from hypothesis import settings
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Hypothesis profiles (select one with ``pytest --hypothesis-profile=NAME``):
+# - "ci" (the default, and what .ci/run selects): derandomised, so every clean clone draws the same
+#   examples and the suite passes or fails the same way every time; no example database is written
+#   or read, so nothing carries over between runs; a failure prints its reproduction blob.
+# - "thorough": for developers before a change lands: fresh random draws on every run, ten times the
+#   examples of every property test (see :func:`examples`), and the local database replays failures.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("thorough", max_examples=1000, print_blob=True)
+settings.load_profile("ci")
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the "ci" profile, scaled by the active profile's ``max_examples`` / 100.
+
+    Property tests state their example count in CI terms (each example may build and prune a model,
+    so counts are small); "thorough" raises every one of them tenfold without editing the tests.
+    """
+    return max(1, n * settings().max_examples // 100)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import examples, make_tiny_llama
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +68,7 @@ def test_two_four_leaves_two_zeros_in_every_block_of_four(tiny):
         assert bool((blocks == 2).all()), name
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     rows=st.integers(1, 6),
     blocks=st.integers(1, 6),
@@ -90,7 +90,7 @@ def test_nm_mask_prunes_the_n_lowest_of_every_block(rows, blocks, n_m, data):
             assert [i for i in range(m) if k[i]] == sorted(expected)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 7), st.integers(1, 9)),
     sparsity=st.floats(0, 0.99),

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 import yaml
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import examples, make_byte_tokenizer, make_tiny_llama
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -314,7 +314,7 @@ def _stages(draw):
     return {"calibration": {"n_samples": draw(st.integers(1, 64))}, "stages": stages}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_stages())
 def test_random_valid_recipes_parse_to_what_was_written(doc):
     recipe = parse_recipe(yaml.safe_dump(doc, sort_keys=False))
@@ -338,7 +338,7 @@ _MUTATIONS = {
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_stages(), st.data())
 def test_random_invalid_value_is_reported_at_its_line(doc, data):
     i = data.draw(st.integers(0, len(doc["stages"]) - 1))

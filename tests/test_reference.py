@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -114,7 +115,7 @@ def test_matched_default_sizes_are_within_ten_percent():
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     n_tokens=st.integers(10, 400),
     text_len=st.integers(1, 50),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
+from conftest import examples, make_byte_tokenizer, make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -101,7 +101,9 @@ def test_smollm2_flap_non_uniform_round_trip_is_bit_identical(smollm2, tmp_path)
 
 
 # ------------------------------------------------------------------------------ tiny families
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     family=st.sampled_from(sorted(FAMILIES)),
     method=st.sampled_from(["flap", "wanda-sp"]),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -39,15 +40,21 @@ def _saved(tmp: Path, arch: str, seed: int, dtype=torch.float32) -> tuple[torch.
     return model, directory
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Every family x method pair runs in CI (the Mamba x SparseGPT pair once differed in the last bit while
+# the other pairs agreed: see _set_param in prunekit.big.offload); hypothesis varies the rest.
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("arch", ["llama", "mamba", "mamba2"])
+@settings(
+    max_examples=examples(2), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    arch=st.sampled_from(["llama", "mamba", "mamba2"]),
-    method=st.sampled_from(["magnitude", "wanda", "sparsegpt"]),
     structure=st.sampled_from(["unstructured", "2:4"]),
     mode=st.sampled_from(["sequential", "dense"]),
     seed=st.integers(0, 5),
 )
 def test_offloaded_pruning_equals_in_memory(tmp_path_factory, arch, method, structure, mode, seed):
+    """Bit-identical, not merely close: both paths run the same engine on the same tensors, so every
+    float operation happens in the same order (same shapes, strides and requires_grad flags)."""
     tmp = tmp_path_factory.mktemp("off")
     model, src = _saved(tmp, arch, seed)
     ids = torch.randint(3, 300, (6, 16), generator=torch.Generator().manual_seed(seed))

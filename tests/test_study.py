@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, DistilBertConfig
@@ -148,7 +149,9 @@ CASES = [
 ]  # fmt: skip
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=st.sampled_from(CASES), sparsity=st.sampled_from([0.25, 0.5]), seed=st.integers(0, 3))
 def test_component_pruning_touches_only_that_component(case, sparsity, seed):
     arch, component, method = case

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import examples
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import DataObject
@@ -37,12 +38,10 @@ FAMILIES = ("llama", "mistral", "qwen2", "mamba", "mamba2")
 ATOL = RTOL = 1e-4
 
 # no shrinking: each example traces a model (~0.5 s), so shrinking a failure takes many minutes; the
-# failing draws are printed in full (every draw is labelled) and derandomize makes them replayable
+# failing draws are printed in full (every draw is labelled); the "ci" profile makes them replayable
 PROPERTY = settings(
-    max_examples=8,
+    max_examples=examples(8),
     deadline=None,
-    derandomize=True,
-    database=None,
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
+from conftest import examples, make_byte_tokenizer, make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +39,7 @@ def _assert_same(model, snapshot):
 
 
 # ---------------------------------------------------------------------------------------------- scorers
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(rows=st.integers(1, 5), cols=st.integers(1, 12), sparsity=st.floats(0, 0.95), data=st.data())
 def test_wanda_prunes_lowest_weight_times_activation_norm_per_row(rows, cols, sparsity, data):
     w = torch.tensor(
@@ -144,7 +144,7 @@ def test_mamba_default_targets_are_the_four_projections_and_conv_is_opt_in():
 
 
 # ---------------------------------------------------------------------------------------------- OWL
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     ratios=st.lists(st.floats(0, 0.2), min_size=2, max_size=12),
     target=st.floats(0.1, 0.85),

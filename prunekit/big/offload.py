@@ -188,8 +188,17 @@ def _block_prefixes(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> li
 
 
 def _set_param(model: torch.nn.Module, names: list[str], value: torch.Tensor) -> None:
-    """Bind one new Parameter under every tied alias."""
-    param = torch.nn.Parameter(value, requires_grad=False)
+    """Bind one new Parameter under every tied alias.
+
+    The new parameter keeps the skeleton's ``requires_grad`` (True, as a model loaded in memory has it):
+    the flag is not cosmetic, since torch's matmul folds a batched, non-contiguous input into one matrix
+    product only when the weight needs no gradient, and the two paths sum in different orders (Mamba's
+    ``x_proj`` reads a transposed input, so its outputs would differ in the last bit from in-memory
+    pruning of the same checkpoint).
+    """
+    owner, _, attr = names[0].rpartition(".")
+    old = model.get_submodule(owner)._parameters[attr]
+    param = torch.nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
     for name in names:
         owner, _, attr = name.rpartition(".")
         model.get_submodule(owner)._parameters[attr] = param
