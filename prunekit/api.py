@@ -77,7 +77,7 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "allocation": ("uniform", _choice("uniform", "owl")),
     "owl_lambda": (0.08, _number(0.0, 0.99)),
     "owl_m": (5.0, _number(0.0, 1e6)),
-    "calibration_mode": ("sequential", _choice("sequential", "dense")),
+    "calibration_mode": (None, _choice(None, "sequential", "dense")),
     "batch_size": (8, _number(1, 1 << 20, integer=True)),
     "tokenizer": (None, _anything),
     "n_samples": (32, _number(1, 1 << 20, integer=True)),
@@ -90,6 +90,7 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "task_weights": (None, _anything),
     "logistic": ({}, _anything),
     "bias_compensation": (None, _choice(None, True, False)),
+    "refit": (None, _choice(None, True, False)),
     "round_to": (1, _number(1, 1 << 16, integer=True)),
 }
 
@@ -171,14 +172,51 @@ def default_structure(method: str | Any) -> str:
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pruner options (validated, defaults filled in; None means "not given") and scorer options."""
     pruner = {k: default for k, (default, _check) in PRUNER_OPTIONS.items()}
     scorer = {}
     for key, value in options.items():
         if key in PRUNER_OPTIONS:
-            pruner[key] = PRUNER_OPTIONS[key][1](key, value)
+            if value is not None:
+                pruner[key] = PRUNER_OPTIONS[key][1](key, value)
         else:
             scorer[key] = value
     return pruner, scorer
+
+
+#: pruner options that only some calls use: name -> (structures it applies to, what else it needs)
+_ONLY_FOR = {
+    "granularity": (("unstructured", "N:M"), None),
+    "allocation": (("unstructured", "N:M"), None),
+    "owl_lambda": (("unstructured", "N:M"), ("allocation", "owl")),
+    "owl_m": (("unstructured", "N:M"), ("allocation", "owl")),
+    "gqa": (("structured",), None),
+    "mode": (("structured",), None),
+    "structure_search": (("structured",), None),
+    "bias_compensation": (("structured",), None),
+    "refit": (("structured",), None),
+    "round_to": (("structured",), None),
+    "logistic": (("structured",), ("structure_search", "logistic")),
+}
+
+
+def _refuse_unused(given: dict[str, Any], kind: str, opts: dict[str, Any], scorer) -> None:
+    """An option the call would not use is an error naming it, never silently dropped."""
+    for key, value in given.items():
+        if key not in _ONLY_FOR or value is None:
+            continue
+        kinds, needs = _ONLY_FOR[key]
+        if kind not in kinds:
+            raise ValueError(f"option {key}={value!r} applies to {' / '.join(kinds)} pruning, not {kind}")
+        if needs is not None and opts[needs[0]] != needs[1]:
+            raise ValueError(f"option {key}={value!r} is only used with {needs[0]}={needs[1]!r}")
+    calibrated = bool(scorer.needs) or opts["allocation"] == "owl"
+    if given.get("calibration_mode") is not None and not calibrated:
+        raise ValueError(
+            f"option calibration_mode: method {scorer.name!r} reads no calibration statistics here"
+        )
+
+
 
 
 def prune(
@@ -207,7 +245,9 @@ def prune(
     ``calibration_mode`` ("sequential" | "dense"), ``batch_size``, ``structure_search`` ("uniform" |
     "global" | "logistic", with ``logistic={"first", "last", "k", "x0"}`` | "per-layer", with
     ``layer_sparsity``: one ratio per block, or ``{block: ratio}`` with ``sparsity`` for the rest),
-    ``bias_compensation`` (bool), ``task`` and ``task_weights`` (with calibration ``{task: data}``),
+    ``bias_compensation`` (bool), ``refit`` (least-squares refit of each shrunk consumer's kept columns and
+    bias over the calibration inputs instead of the mean alone), ``task`` and ``task_weights`` (with
+    calibration ``{task: data}``),
     ``round_to`` (keep a multiple of this many channels);
     for text calibration ``tokenizer``, ``n_samples``, ``seq_len``, ``seed``, ``text_column``.
     Any other keyword goes to the method's scorer, which refuses unknown ones.
@@ -234,6 +274,9 @@ def prune(
     if pruner_opts["granularity"] is None:
         pruner_opts["granularity"] = scorer.default_granularity
     _resolve_per_layer(pruner_opts, scorer, kind)
+    _refuse_unused(options, kind, pruner_opts, scorer)
+    if kind != "structured" and pruner_opts["calibration_mode"] is None:
+        pruner_opts["calibration_mode"] = "sequential"  # structured: the planner picks the method's own
     if isinstance(calibration, dict):
         if kind != "structured":
             raise ValueError(
@@ -329,6 +372,8 @@ def _prune_structured(
         row = f"layers.{layer}" if layer is not None else "(other)"
         report.units.setdefault(row, {})[group.role] = (group.num_units, group.num_units - len(units))
     report.compensated = sorted(plan.bias_deltas)
+    report.notes = list(plan.notes)
+    report.options["calibration_mode"] = plan.calibration_mode
 
 
 def task_masks(

@@ -28,14 +28,17 @@ def _parser() -> argparse.ArgumentParser:
         "--structure", default=None, help="unstructured | structured | N:M (e.g. 2:4); default: the method's"
     )
     p.add_argument("--granularity", choices=("matrix", "row"), default=None, help="default: the method's own")
-    p.add_argument("--gqa", choices=("heads", "groups"), default="heads")
-    p.add_argument("--mode", choices=("hard", "soft"), default="hard", help="structured: remove or zero")
-    p.add_argument("--allocation", choices=("uniform", "owl"), default="uniform", help="per-block sparsity")
+    p.add_argument("--gqa", choices=("heads", "groups"), default=None, help="structured (default: heads)")
+    p.add_argument("--mode", choices=("hard", "soft"), default=None, help="structured: remove or zero")
+    p.add_argument(
+        "--allocation", choices=("uniform", "owl"), default=None, help="unstructured: per-block sparsity"
+    )
     p.add_argument(
         "--structure-search",
-        choices=("uniform", "global"),
+        choices=("uniform", "global", "logistic"),
         default=None,
-        help="structured: same ratio per group, or one global threshold (default: the method's)",
+        help="structured: same ratio per group, one global threshold, SEAP's layer schedule "
+        "(default: the method's)",
     )
     p.add_argument(
         "--bias-compensation",
@@ -43,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="structured: fold removed channels' mean contribution into biases (default: the method's)",
     )
-    p.add_argument("--calibration-mode", choices=("sequential", "dense"), default="sequential")
+    p.add_argument(
+        "--calibration-mode",
+        choices=("sequential", "dense"),
+        default=None,
+        help="statistics after the pruned blocks, or of the dense model (default: the method's)",
+    )
     p.add_argument("--targets", nargs="*", default=None, help="names, suffixes or re: patterns (or roles)")
     p.add_argument("--ignore", nargs="*", default=None)
     p.add_argument("--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)")
@@ -200,7 +208,8 @@ def _prune_offloaded(args, device) -> int:
     calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
     result = prune_offloaded(
         args.model, args.out, args.method, args.sparsity, args.structure, calibration,
-        targets=args.targets, ignore=args.ignore, device=device, calibration_mode=args.calibration_mode,
+        targets=args.targets, ignore=args.ignore, device=device,
+        calibration_mode=args.calibration_mode or "sequential",
         progress=True,
     )  # fmt: skip
     from prunekit.core import distributed

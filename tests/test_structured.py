@@ -9,7 +9,8 @@ import torch
 from conftest import make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
 
 import prunekit
-from prunekit.core.structured import consumers, global_drops
+from prunekit.core.budgets import global_drops
+from prunekit.core.structured import consumers
 
 
 def _ids(n=8, length=16, seed=0):

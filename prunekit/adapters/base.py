@@ -101,10 +101,14 @@ class Adapter:
     def before_hidden_change(self, model: torch.nn.Module) -> None:
         """Freeze config values that default to a function of the hidden size (e.g. ``head_dim``)."""
 
-    def on_removed(
-        self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int
-    ) -> None:
-        """Update counters that cannot be read back from tensor shapes (e.g. Mamba-2's ``ssm_state_size``)."""
+    def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
+        """Update what cannot be read back from tensor shapes once ``units`` of ``group`` left (Mamba-2's
+        ``ssm_state_size``, which query heads each KV head serves after uneven head removal)."""
+
+    def runs_uneven_groups(self, model: torch.nn.Module, group: Group) -> bool:
+        """Whether the family's code runs a grouped-head group whose KV groups (B/C groups) keep different
+        numbers of query heads. Most cannot: they repeat every KV head the same number of times."""
+        return False
 
     def sync(self, model: torch.nn.Module) -> None:
         """Recompute module attributes and config fields from the (shrunk) parameter shapes."""
@@ -135,16 +139,20 @@ class Adapter:
 
     def check_layer_fields(self, model: torch.nn.Module, per_layer: Any) -> None:
         """Raise ``ValueError`` unless ``per_layer`` is one dict of positive ints per block, same keys."""
-        layers = self.layers(model)
+        self.check_fields(self.layers(model), per_layer, self.layer_fields)
+
+    @staticmethod
+    def check_fields(layers: list, per_layer: Any, layer_fields: tuple[str, ...]) -> None:
+        """One dict per block in ``layers`` with exactly ``layer_fields``, each a positive int."""
         if not isinstance(per_layer, list) or len(per_layer) != len(layers):
             raise ValueError(
                 f"per-layer fields must be a list with one entry per block ({len(layers)}), got "
                 f"{len(per_layer) if isinstance(per_layer, list) else type(per_layer).__name__}"
             )
         for i, fields in enumerate(per_layer):
-            if not isinstance(fields, dict) or set(fields) != set(self.layer_fields):
+            if not isinstance(fields, dict) or set(fields) != set(layer_fields):
                 got = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
-                want = sorted(self.layer_fields)
+                want = sorted(layer_fields)
                 raise ValueError(f"layer {i}: per-layer fields must be {want}, got {got}")
             for key, value in fields.items():
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -189,9 +197,9 @@ class Adapter:
             fields = {key: getattr(config, key, None) for key in per_layer[0]}
             config.prunekit_base_fields = {k: v for k, v in fields.items() if isinstance(v, int)}
         for key in per_layer[0]:
-            values = {d[key] for d in per_layer}
-            if len(values) == 1:
-                setattr(config, key, values.pop())
+            values = [d[key] for d in per_layer]
+            if all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+                setattr(config, key, values[0])
         config.prunekit_layers = per_layer
 
 

@@ -72,13 +72,11 @@ class Mamba2Adapter(Adapter):
     def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(model.backbone.layers)
 
-    def on_removed(
-        self, model: torch.nn.Module, group: Group, removed_units: int, removed_outer: int
-    ) -> None:
+    def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
         # n_groups is read back from the shapes in sync(): when every head has its own B/C group, the
-        # trace folds the groups into the heads (no outer units), so removed_outer would miss them
+        # trace folds the groups into the heads (no outer units), so counting outer units would miss them
         if group.role == "ssm_state":
-            model.get_submodule(group.name).ssm_state_size -= removed_units
+            model.get_submodule(group.name).ssm_state_size -= int(units.numel())
 
     def sync(self, model: torch.nn.Module) -> None:
         super().sync(model)

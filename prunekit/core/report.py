@@ -51,6 +51,18 @@ class PruneReport:
     compensated: list[str] = field(default_factory=list)
     #: block index -> sparsity it received (differs per block with OWL)
     block_sparsity: dict[int, float] = field(default_factory=dict)
+    #: structured: groups that lost fewer units than asked, and why (a family constraint, one unit kept)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def unit_totals(self) -> dict[str, tuple[int, int]]:
+        """Structured: role -> (units before, units after) summed over blocks (heads, channels)."""
+        totals: dict[str, tuple[int, int]] = {}
+        for roles in self.units.values():
+            for role, (before, after) in roles.items():
+                b, a = totals.get(role, (0, 0))
+                totals[role] = (b + before, a + after)
+        return totals
 
     @property
     def params_before(self) -> int:
@@ -94,6 +106,8 @@ class PruneReport:
             "removed": self.removed,
             "errors": self.errors,
             "units": {row: {k: list(v) for k, v in roles.items()} for row, roles in self.units.items()},
+            "unit_totals": {role: list(v) for role, v in self.unit_totals.items()},
+            "notes": list(self.notes),
             "flops_per_token": list(self.flops_per_token),
             "block_sparsity": self.block_sparsity,
         }
@@ -134,6 +148,16 @@ class PruneReport:
             lines.append("units per block (before → after):")
             for row, roles in self.units.items():
                 lines.append(f"  {row}: " + ", ".join(f"{role} {a}→{b}" for role, (a, b) in roles.items()))
+            lines.append(
+                "units in total: "
+                + ", ".join(
+                    f"{role} {b}→{a} ({1 - a / b:.1%} removed)"
+                    for role, (b, a) in self.unit_totals.items()
+                    if b
+                )
+            )
+        for note in self.notes:
+            lines.append(f"note: {note}")
         if self.flops_per_token[0]:
             before, after = self.flops_per_token
             lines.append(

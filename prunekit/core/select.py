@@ -91,38 +91,60 @@ class Selection:
         return unstructured_mask(scores, self.sparsity, per_row=self.per_row)
 
 
+def budget(n: int, ratio: float) -> int:
+    """Units removed from ``n`` at ``ratio``: ``int(n * ratio)``, as the reference code counts (never more
+    than asked: 20 % of 9 heads is 1 head, of 1536 channels 307). The epsilon only absorbs float noise
+    such as 0.29 * 100 = 28.999999999999996."""
+    return int(n * ratio + 1e-9)
+
+
 def units_to_drop(
-    group: Group, scores: torch.Tensor, sparsity: float, gqa: str = "heads", strict: bool = False
+    group: Group,
+    scores: torch.Tensor,
+    sparsity: float,
+    gqa: str = "heads",
+    strict: bool = False,
+    uneven: bool = True,
 ) -> torch.Tensor:
-    """Lowest-scoring units of one group at ``sparsity`` (nearest count, at least one unit kept).
+    """Lowest-scoring ``budget(n, sparsity)`` units of one group (at least one unit kept).
 
-    With ``strict`` a ratio that rounds to every unit (of the group, or of a KV group) is an error
+    With ``strict`` a ratio that would remove every unit (of the group, or every KV group) is an error
     naming the group instead of being held back to one unit: used for ratios a user set per block.
-
-    Grouped heads (GQA, Mamba-2 B/C groups) follow ``gqa``: ``"heads"`` drops the same number of query
-    heads inside every KV group (KV heads stay), ``"groups"`` drops whole KV groups with their query
-    heads, ranked by the sum of their heads' scores.
+    See :func:`lowest_units` for grouped heads and ``uneven``.
     """
     if gqa not in GQA_POLICIES:
         raise ValueError(f"gqa policy must be one of {GQA_POLICIES}, got {gqa!r}")
+    grouped = bool(group.num_outer and group.num_outer != group.num_units)
+    if grouped and gqa == "groups":
+        k = _capped(group, budget(group.num_outer, sparsity), group.num_outer, sparsity, strict, "KV groups")
+        return lowest_units(group, scores, k * group.units_per_outer, gqa, uneven)
+    k = _capped(group, budget(group.num_units, sparsity), group.num_units, sparsity, strict, "units")
+    return lowest_units(group, scores, k, gqa, uneven)
+
+
+def lowest_units(
+    group: Group, scores: torch.Tensor, k: int, gqa: str = "heads", uneven: bool = True
+) -> torch.Tensor:
+    """The ``k`` lowest-scoring units of ``group`` (sorted indices).
+
+    Grouped heads (GQA, Mamba-2 B/C groups) follow ``gqa``: ``"heads"`` takes the ``k`` lowest query
+    heads wherever they are (a KV group that loses all its query heads goes with them), or, when the
+    family cannot run uneven groups (``uneven=False``), ``k // num_outer`` from every KV group; ``"groups"``
+    takes ``k // units_per_outer`` whole KV groups, ranked by the sum of their heads' scores.
+    """
     if scores.shape != (group.num_units,):
         raise ValueError(
             f"{group.name}: expected {group.num_units} unit scores, got shape {tuple(scores.shape)}"
         )
+    k = max(0, min(int(k), group.num_units - 1))
     if group.num_outer and group.num_outer != group.num_units:
         per = group.units_per_outer
         grid = scores.reshape(group.num_outer, per)
         if gqa == "groups":
-            k = _capped(
-                group, int(group.num_outer * sparsity + 0.5), group.num_outer, sparsity, strict, "KV groups"
-            )
-            outers = _lowest(grid.sum(1).double(), k)
-            chosen = outers.unsqueeze(1).expand(-1, per)
-        else:
-            k = _capped(group, int(per * sparsity + 0.5), per, sparsity, strict, "query heads of a KV group")
-            chosen = _lowest(grid, k)
-        return torch.nonzero(chosen.reshape(-1)).flatten()
-    k = _capped(group, int(group.num_units * sparsity + 0.5), group.num_units, sparsity, strict, "units")
+            outers = _lowest(grid.sum(1).double(), min(k // per, group.num_outer - 1))
+            return torch.nonzero(outers.unsqueeze(1).expand(-1, per).reshape(-1)).flatten()
+        if not uneven:
+            return torch.nonzero(_lowest(grid, min(k // group.num_outer, per - 1)).reshape(-1)).flatten()
     return torch.nonzero(_lowest(scores, k)).flatten()
 
 

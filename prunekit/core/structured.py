@@ -1,18 +1,18 @@
 """Structured pruning: score every unit of every targeted group, decide how many go where, remove them.
 
 Calibrated scorers read the statistics of a group's *consumers*: the modules whose input dimension the
-group occupies (``o_proj``/``down_proj``/Mamba's ``out_proj`` and ``x_proj``), gathered in one dense
-block-wise pass, since every block is scored before any block is cut (as FLAP does).
+group occupies (``o_proj``/``down_proj``/Mamba's ``out_proj`` and ``x_proj``). Two calibration modes:
 
-How many units each group loses is the *structure*:
+- ``"dense"`` (FLAP's code): one block-wise pass over the dense model gathers every block's statistics
+  before any block is cut; the only mode for the global search, which compares all blocks at once.
+- ``"sequential"`` (Wanda-sp's code): each block is scored on the outputs of the blocks already pruned
+  before it, pruned (soft zeros and compensation, so its outputs are those of the pruned block), and
+  its outputs recomputed for the next; hard removal follows at the end. A failure on the way puts every
+  weight back.
 
-- ``"uniform"`` (FLAP's UL-UM): the same ratio in every group.
-- ``"global"`` (FLAP's AL-AM): scores are standardised within each group, and one threshold is chosen
-  across all groups so that the removed *parameters* are the requested share of the targeted groups'
-  parameters (each unit weighs what removing it saves). Every group keeps at least one unit.
-
-Bias compensation adds W[:, removed] · E[x_removed] to every consumer's bias (creating the bias when
-the layer has none), so the expected output of each shrunk layer is unchanged on calibration data.
+How many units each group loses is the search (:mod:`.budgets`). Bias compensation adds
+W[:, removed] · E[x_removed] to every consumer's bias (creating the bias when the layer has none), so the
+expected output of each shrunk layer is unchanged on calibration data.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..graph.groups import Group
+from .budgets import global_drops, logistic_ratios, per_layer_ratios, ratio_drops, round_kept, shortfall_notes
 from .calibration import run_blockwise
 from .gradients import gradient_sums
-from .select import units_to_drop
-from .surgery import _validated as validate_decision
-from .surgery import check_units, dropped_outer, member_positions, remove, soft_zero
+from .refit import refit
+from .snapshot import Snapshot
+from .surgery import dropped_outer, member_positions, remove, soft_zero, validate
 
 STRUCTURES = ("uniform", "global", "logistic", "per-layer")
 
@@ -37,6 +37,16 @@ class StructuredPlan:
     decision: list[tuple[Group, torch.Tensor]] = field(default_factory=list)
     #: consumer module name -> bias delta to add (before removal)
     bias_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: consumer weight name -> refitted weight (``refit=True``), written before removal
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: groups that lost fewer units than asked, and why (family constraints, at least one unit kept)
+    notes: list[str] = field(default_factory=list)
+    #: sequential calibration already wrote the biases and soft zeros; only hard removal is left
+    written: bool = False
+    #: the weights before a written plan, to put back if its removal fails
+    snapshot: Snapshot | None = None
+    #: where the statistics came from: "dense" or "sequential"
+    calibration_mode: str = "dense"
 
 
 def consumers(group: Group) -> list:
@@ -82,62 +92,6 @@ def primary_consumers(graph) -> set[str]:
     return {m.module for g in everything if g.role == "residual" for m in g.members if m.side == "out"}
 
 
-def global_drops(groups, scores, sizes, sparsity, gqa, total: float | None = None) -> list[torch.Tensor]:
-    """AL-AM: one threshold over per-group standardised scores, weighted by parameters per unit.
-
-    ``sizes`` are the parameters each unit's removal saves; the budget is ``sparsity`` of ``total``
-    (default: the sum of ``sizes``), e.g. of all attention and MLP weights when key/value rows that
-    cannot leave under the ``"heads"`` policy still count in what the ratio refers to.
-    """
-    std_scores, weights, owners = [], [], []
-    for gi, s in enumerate(scores):
-        s = s.double()
-        z = (s - s.mean()) / (s.std() if s.numel() > 1 and s.std() > 0 else 1.0)
-        std_scores.append(z)
-        weights.append(torch.full_like(z, sizes[gi]))
-        owners.append(torch.full((len(z),), gi, dtype=torch.long))
-    z = torch.cat(std_scores)
-    w = torch.cat(weights)
-    owner = torch.cat(owners)
-    order = torch.argsort(z, stable=True)  # lowest first
-    budget = sparsity * (float(w.sum()) if total is None else total)
-    cum = torch.cumsum(w[order], 0)
-    n_drop = int(torch.searchsorted(cum, torch.tensor(budget, dtype=cum.dtype), right=True))
-    counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups)).tolist()
-    grouped = [bool(g.num_outer and g.num_outer != g.num_units) for g in groups]
-    for gi, group in enumerate(groups):
-        counts[gi] = min(counts[gi], group.num_units - 1)
-        if grouped[gi]:
-            # grouped heads leave in equal numbers per KV group (or whole groups): round down to that step
-            step = group.num_outer if gqa == "heads" else group.units_per_outer
-            counts[gi] = (counts[gi] // step) * step
-    # what rounding left unspent goes to the next-lowest units of freely divisible groups
-    leftover = budget - sum(c * sizes[gi] for gi, c in enumerate(counts))
-    seen = [0] * len(groups)
-    for idx in order.tolist():
-        gi = int(owner[idx])
-        seen[gi] += 1
-        if grouped[gi] or seen[gi] <= counts[gi] or counts[gi] >= groups[gi].num_units - 1:
-            continue
-        if sizes[gi] > leftover:
-            continue
-        counts[gi] += 1
-        leftover -= sizes[gi]
-    return [
-        units_to_drop(group, s, k / group.num_units, gqa=gqa) for group, s, k in zip(groups, scores, counts)
-    ]
-
-
-def round_kept(group: Group, scores: torch.Tensor, drops: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Keep a multiple of ``multiple`` channels (nearest, at least one multiple) so that shapes stay
-    friendly to kernels and to N:M patterns applied afterwards. Head groups are left as they are."""
-    if group.kind != "channels" or group.num_units <= multiple:
-        return drops
-    kept = group.num_units - len(drops)
-    target = min(group.num_units, max(multiple, int(kept / multiple + 0.5) * multiple))
-    return units_to_drop(group, scores, (group.num_units - target) / group.num_units)
-
-
 def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
     """Parameters removed per unit of ``group``.
 
@@ -171,6 +125,36 @@ def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
     return deltas
 
 
+def refits(model, plan_decision, stats) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Least-squares refit of every consumer with statistics (:mod:`.refit`): new weights by parameter
+    name (removed columns zeroed) and the bias deltas that take each bias to its refitted value."""
+    removed: dict[str, list[torch.Tensor]] = {}
+    params: dict[str, str] = {}
+    for group, units in plan_decision:
+        for m in consumers(group):
+            if m.module in stats and "hessian" in stats[m.module]:
+                removed.setdefault(m.module, []).append(member_positions(m, group, units))
+                params[m.module] = m.param
+    weights, deltas = {}, {}
+    for module, positions in removed.items():
+        cut = torch.cat(positions)
+        if cut.numel() == 0:
+            continue
+        layer = model.get_submodule(module)
+        st = stats[module]
+        new_w, new_b = refit(layer.weight, getattr(layer, "bias", None), st["hessian"], st["mean"], cut)
+        weights[params[module]] = new_w.to(layer.weight.dtype)
+        old_b = getattr(layer, "bias", None)
+        deltas[module] = new_b - (0 if old_b is None else old_b.detach().double())
+    return weights, deltas
+
+
+@torch.no_grad()
+def write_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    for name, value in weights.items():
+        model.get_parameter(name).copy_(value)
+
+
 @torch.no_grad()
 def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
     """Add each delta to its module's bias, creating a zero bias first where there is none."""
@@ -189,9 +173,11 @@ def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
     return created
 
 
-def _score_groups(model, groups, scorer, stats, primary, progress, grads=None) -> list[torch.Tensor]:
+def _score_groups(model, groups, scorer, stats, primary, grads=None, comparable=False) -> list[torch.Tensor]:
+    """Each group's unit scores from its primary consumers' statistics (``comparable``: on the scale the
+    global search shares across groups)."""
     scores = []
-    for group in tqdm(groups, desc="scoring groups", disable=not progress):
+    for group in groups:
         weights = {p: model.get_parameter(p) for p in group.params}
         readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
         group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
@@ -204,7 +190,8 @@ def _score_groups(model, groups, scorer, stats, primary, progress, grads=None) -
                 f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
                 "has no consuming layer inside the blocks"
             )
-        scores.append(scorer.unit_scores(group, weights, group_stats))
+        score = scorer.comparable_unit_scores if comparable else scorer.unit_scores
+        scores.append(score(group, weights, group_stats))
     return scores
 
 
@@ -225,69 +212,202 @@ def _blend(per_task: dict[str, list[torch.Tensor]], weights: dict[str, float] | 
 def plan_structured(
     model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
 ) -> StructuredPlan:
-    """Score and decide without writing anything: the removals and bias deltas to apply.
+    """Score and decide: the removals and bias deltas to apply.
 
-    ``calibration`` is token ids, or ``{task: ids}`` for task-specific pruning (SEAP): statistics
-    are gathered per task, and ``opts["task"]`` picks one task's scores, or (``None``) a blend of
-    all tasks weighted by ``opts["task_weights"]``.
+    With dense statistics nothing is written; sequential calibration writes each block's soft zeros and
+    compensation as it goes (``plan.written``) and puts every weight back if anything fails.
+    ``calibration`` is token ids, or ``{task: ids}`` for task-specific pruning (SEAP): statistics are
+    gathered per task, and ``opts["task"]`` picks one task's scores, or (``None``) a blend of all tasks
+    weighted by ``opts["task_weights"]``.
     """
-    structure = opts.get("structure_search", "uniform")
+    structure = opts.get("structure_search") or "uniform"
     if structure not in STRUCTURES:
         raise ValueError(f"structure_search must be one of {STRUCTURES}, got {structure!r}")
-    compensate = opts.get("bias_compensation")
-    compensate = scorer.compensates if compensate is None else compensate
+    compensate = _compensation(scorer, opts)
     if compensate and calibration is None:
-        raise ValueError("bias compensation needs calibration data (or pass bias_compensation=False)")
-    task = opts.get("task")
+        what = "the least-squares refit" if compensate == "refit" else "bias compensation"
+        raise ValueError(f"{what} needs calibration data (or pass bias_compensation=False)")
+    _check_task(calibration, opts.get("task"))
+    needs = scorer.needs | {"mean": {"mean"}, "refit": {"mean", "hessian"}}.get(compensate, set())
+    mode = opts.get("calibration_mode") or default_calibration(groups, calibration, scorer, structure)
+    if mode == "sequential":
+        check_sequential(groups, calibration, scorer, structure)
+        ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
+        return _plan_sequential(model, adapter, graph, groups, scorer, ratios, calibration, opts, needs)
+    scores, stats = _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure)
+    drops, notes = decide(model, adapter, groups, scores, sparsity, structure, opts)
+    decision = validate(model, list(zip(groups, drops)), graph.param_shapes, adapter)
+    plan = StructuredPlan(decision, notes=notes, calibration_mode="dense")
+    if compensate == "refit":
+        plan.weights, plan.bias_deltas = refits(model, plan.decision, stats)
+    elif compensate:
+        plan.bias_deltas = compensation(model, plan.decision, stats)
+    return plan
+
+
+def _compensation(scorer, opts) -> str | None:
+    """None, "mean" (FLAP's bias compensation) or "refit" (least squares, :mod:`.refit`)."""
+    bias = opts.get("bias_compensation")
+    if opts.get("refit"):
+        if bias is False:
+            raise ValueError("refit=True refits the biases too: it cannot go with bias_compensation=False")
+        return "refit"
+    return "mean" if (scorer.compensates if bias is None else bias) else None
+
+
+def default_calibration(groups, calibration, scorer, structure: str) -> str:
+    """The method's own choice (the reference code's: FLAP dense, Wanda-sp sequential), or dense where
+    sequential statistics cannot serve the call."""
+    if scorer.structured_calibration != "sequential" or not scorer.needs:
+        return "dense"
+    try:
+        check_sequential(groups, calibration, scorer, structure)
+    except ValueError:
+        return "dense"
+    return "sequential"
+
+
+def check_sequential(groups, calibration, scorer, structure: str) -> None:
+    """Why sequential statistics cannot serve this call, as an error (nothing is touched yet)."""
+    if structure == "global":
+        raise ValueError(
+            "structure_search='global' compares every block before any is cut: it needs "
+            "calibration_mode='dense'"
+        )
+    if isinstance(calibration, dict):
+        raise ValueError("task-specific calibration ({task: data}) needs calibration_mode='dense'")
+    if "param_grad" in scorer.needs:
+        raise ValueError(
+            f"method {scorer.name!r} scores with full-model gradients, not block by block: "
+            "calibration_mode='dense'"
+        )
+    outside = [g.name or g.role for g in groups if g.layer_index() is None]
+    if outside:
+        raise ValueError(
+            f"sequential calibration prunes block by block; groups {outside[:3]} span several blocks: "
+            "use calibration_mode='dense' or leave them out"
+        )
+
+
+def _check_task(calibration, task) -> None:
     if isinstance(calibration, dict):
         if task is not None and task not in calibration:
             raise ValueError(f"task {task!r} is not in the calibration dict (tasks: {sorted(calibration)})")
     elif task is not None:
         raise ValueError("task= needs calibration given as a dict {task: texts or token ids}")
-    needs = scorer.needs | (frozenset({"mean"}) if compensate else frozenset())
+
+
+def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure):
+    """Scores (comparable across groups for the global search) and consumer statistics, per task."""
     wants_grads = "param_grad" in needs
     needs = needs - {"param_grad"}
     blocks = adapter.layers(model)
     taps = adapter.stat_taps(model)
     primary = primary_consumers(graph)
+    comparable = structure == "global"
     sources = calibration if isinstance(calibration, dict) else {None: calibration}
     stats_by, scores_by = {}, {}
     for name, ids in sources.items():
-        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], progress, taps)
+        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], False, taps)
         grads = None
         if wants_grads:
             params = {p: model.get_parameter(p) for g in groups for p in g.params}
-            grads = gradient_sums(model, ids, params, progress=progress)
-        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, progress, grads)
-    if isinstance(calibration, dict) and task is None:
-        scores = _blend(scores_by, opts.get("task_weights"))
-        stats = _pooled(stats_by)
-    else:
-        key = task if isinstance(calibration, dict) else None
-        scores, stats = scores_by[key], stats_by[key]
+            grads = gradient_sums(model, ids, params, progress=False)
+        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, grads, comparable)
+    if isinstance(calibration, dict) and opts.get("task") is None:
+        return _blend(scores_by, opts.get("task_weights")), _pooled(stats_by)
+    key = opts.get("task") if isinstance(calibration, dict) else None
+    return scores_by[key], stats_by[key]
 
+
+def group_ratios(groups, sparsity: float, structure: str, opts, n_blocks: int) -> list[float]:
+    """The ratio each group's budget is taken from (every search but the global one)."""
+    if structure == "logistic":
+        return logistic_ratios(groups, sparsity, **opts.get("logistic", {}))
+    if structure == "per-layer":
+        return per_layer_ratios(groups, sparsity, opts["layer_sparsity"], n_blocks)
+    return [sparsity for _ in groups]
+
+
+def decide(model, adapter, groups, scores, sparsity, structure, opts, ratios=None):
+    """Units to drop per group, and notes on every group that lost fewer units than asked."""
+    gqa = opts["gqa"]
+    uneven = [adapter.runs_uneven_groups(model, g) for g in groups]
+    notes: list[str] = []
     if structure == "global":
-        sizes = [per_unit_sizes(model, g, opts["gqa"]) for g in groups]
+        sizes = [per_unit_sizes(model, g, gqa) for g in groups]
         total = sum(g.num_units * per_unit_sizes(model, g, "groups") for g in groups)
-        drops = global_drops(groups, scores, sizes, sparsity, opts["gqa"], total)
-    elif structure == "logistic":
-        ratios = logistic_ratios(groups, sparsity, **opts.get("logistic", {}))
-        drops = [units_to_drop(g, s, r, gqa=opts["gqa"]) for g, s, r in zip(groups, scores, ratios)]
-    elif structure == "per-layer":
-        ratios = per_layer_ratios(groups, sparsity, opts["layer_sparsity"], len(blocks))
-        drops = [
-            units_to_drop(g, s, r, gqa=opts["gqa"], strict=True) for g, s, r in zip(groups, scores, ratios)
-        ]
+        drops = global_drops(groups, scores, sizes, sparsity, gqa, total, uneven)
     else:
-        drops = [units_to_drop(g, s, sparsity, gqa=opts["gqa"]) for g, s in zip(groups, scores)]
+        if ratios is None:
+            ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
+        drops = ratio_drops(groups, scores, ratios, gqa, uneven, strict=structure == "per-layer")
+        notes = shortfall_notes(groups, drops, ratios, gqa, uneven, adapter.name)
     round_to = int(opts.get("round_to", 1))
     if round_to > 1:
         drops = [round_kept(g, s, d, round_to) for g, s, d in zip(groups, scores, drops)]
-    plan = StructuredPlan([(g, check_units(g, u)) for g, u in zip(groups, drops)])
-    validate_decision(model, plan.decision, graph.param_shapes)
-    if compensate:
-        plan.bias_deltas = compensation(model, plan.decision, stats)
+    return drops, notes
+
+
+def _plan_sequential(
+    model, adapter, graph, groups, scorer, ratios, calibration, opts, needs
+) -> StructuredPlan:
+    """Block by block: score on the outputs of the pruned blocks before, soft-prune, pass on."""
+    blocks = adapter.layers(model)
+    structure = opts.get("structure_search") or "uniform"
+    index_of = {id(b): i for i, b in enumerate(blocks)}
+    names = {n: id(m) for n, m in model.named_modules()}
+    block_of = [index_of.get(names.get(_block_name(g, blocks, model))) for g in groups]
+    primary = primary_consumers(graph)
+    compensate = _compensation(scorer, opts)
+    plan = StructuredPlan(written=True, calibration_mode="sequential")
+    snapshot = Snapshot(
+        model, [p for g in groups for p in g.params], [m.module for g in groups for m in consumers(g)]
+    )
+
+    def prune_block(index: int, _block, stats: dict) -> None:
+        mine = [i for i, b in enumerate(block_of) if b == index]
+        if not mine:
+            return
+        gs = [groups[i] for i in mine]
+        scores = _score_groups(model, gs, scorer, stats, primary)
+        drops, notes = decide(model, adapter, gs, scores, 0.0, structure, opts, [ratios[i] for i in mine])
+        decision = validate(model, list(zip(gs, drops)), graph.param_shapes, adapter)
+        weights, deltas = {}, {}
+        if compensate == "refit":
+            weights, deltas = refits(model, decision, stats)
+        elif compensate:
+            deltas = compensation(model, decision, stats)
+        write_weights(model, weights)
+        add_biases(model, deltas)
+        soft_zero(model, decision, shapes=graph.param_shapes)
+        plan.decision += decision
+        plan.bias_deltas.update(deltas)
+        plan.weights.update(weights)
+        plan.notes += notes
+
+    modules = dict(model.named_modules())
+    per_block: list[dict] = [{} for _ in blocks]
+    for group, b in zip(groups, block_of):
+        per_block[b].update({m.module: modules[m.module] for m in consumers(group)})
+    try:
+        run_blockwise(
+            model, blocks, calibration, per_block, needs, prune_block, mode="sequential",
+            batch_size=opts["batch_size"], progress=False, desc="structured (sequential)",
+            taps=adapter.stat_taps(model),
+        )  # fmt: skip
+    except BaseException:
+        snapshot.restore()
+        raise
+    plan.snapshot = snapshot
     return plan
+
+
+def _block_name(group: Group, blocks, model) -> str | None:
+    """The name of the block holding every member of ``group`` (None if it spans several or none)."""
+    names = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
+    owners = {next((n for n in names if m.param.startswith(n + ".")), None) for m in group.members}
+    return owners.pop() if len(owners) == 1 else None
 
 
 def _pooled(stats_by: dict) -> dict:
@@ -303,55 +423,16 @@ def _pooled(stats_by: dict) -> dict:
     return {m: {"mean": (a["sum"] / max(1, a["n"])).float()} for m, a in out.items()}
 
 
-def per_layer_ratios(groups, sparsity: float, layer_sparsity: dict[int, float], n_blocks: int) -> list[float]:
-    """The user's ratio for each group's block; ``sparsity`` for blocks (and block-less groups) not listed."""
-    unknown = sorted(i for i in layer_sparsity if i >= n_blocks)
-    if unknown:
-        raise ValueError(f"layer_sparsity names block(s) {unknown}, but the model has {n_blocks} blocks")
-    return [layer_sparsity.get(g.layer_index(), sparsity) for g in groups]
-
-
-def logistic_ratios(groups, sparsity: float, first: int = 2, last: int = 2, k: float = 1.2, x0: float = 0.3):
-    """SEAP's layer schedule: the first/last blocks stay dense, the rest follow a logistic ramp.
-
-    Block i of the L - first - last pruned ones gets λ / (1 + exp(-k (x_i - x0))), x_i = i / (n - 1),
-    with λ found by bisection so that the mean over *all* blocks equals ``sparsity``.
-    """
-    import math
-
-    layers = sorted({g.layer_index() for g in groups if g.layer_index() is not None})
-    if not layers:
-        return [sparsity for _ in groups]
-    n = len(layers) - first - last
-    if n <= 0:
-        raise ValueError(
-            f"logistic schedule: {first} + {last} protected blocks leave none of {len(layers)} to prune"
-        )
-    target = sparsity * len(layers) / n
-    if target >= 1:
-        raise ValueError(
-            f"sparsity {sparsity} cannot be reached with {first} + {last} of {len(layers)} blocks dense"
-        )
-    xs = [i / (n - 1) if n > 1 else 0.0 for i in range(n)]
-    shape = [1 / (1 + math.exp(-k * (x - x0))) for x in xs]
-    lo, hi = 0.0, 10.0
-    for _ in range(100):
-        lam = (lo + hi) / 2
-        mean = sum(min(lam * v, 0.999) for v in shape) / n
-        lo, hi = (lam, hi) if mean < target else (lo, lam)
-    per_layer = {layer: 0.0 for layer in layers}
-    for layer, v in zip(layers[first : first + n], shape):
-        per_layer[layer] = min(lo * v, 0.999)
-    return [per_layer.get(g.layer_index(), sparsity) for g in groups]
-
-
 def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:
-    """Write a validated plan: biases first (positions refer to traced shapes), then the removal."""
-    add_biases(model, plan.bias_deltas)
+    """Write a validated plan: biases first (positions refer to traced shapes), then the removal.
+    A plan that sequential calibration already wrote as soft zeros only needs the removal."""
+    if not plan.written:
+        write_weights(model, plan.weights)
+        add_biases(model, plan.bias_deltas)
+        if mode != "hard":
+            soft_zero(model, plan.decision, shapes=graph.param_shapes)
     if mode == "hard":
         remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
-    else:
-        soft_zero(model, plan.decision, shapes=graph.param_shapes)
 
 
 def prune_structured(
@@ -359,7 +440,12 @@ def prune_structured(
 ) -> StructuredPlan:
     """Plan, then apply: nothing is written before every decision is validated."""
     plan = plan_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
-    apply_plan(model, adapter, graph, plan, opts["mode"])
+    try:
+        apply_plan(model, adapter, graph, plan, opts["mode"])
+    except BaseException:
+        if plan.snapshot is not None:
+            plan.snapshot.restore()
+        raise
     return plan
 
 
@@ -367,6 +453,7 @@ __all__ = [
     "STRUCTURES",
     "StructuredPlan",
     "apply_plan",
+    "check_sequential",
     "plan_structured",
     "prune_structured",
     "dropped_outer",

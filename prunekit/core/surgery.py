@@ -43,28 +43,37 @@ def dropped_outer(group: Group, units: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(counts == per).flatten()
 
 
-def check_units(group: Group, units) -> torch.Tensor:
+def check_units(group: Group, units, uneven: bool = True) -> torch.Tensor:
     """Validate a set of units to drop from one group; returns them sorted as a LongTensor.
 
-    Every group keeps at least one unit, and in a grouped-head group every surviving outer unit keeps
-    the same number of query heads: the model's code repeats each KV head (or B/C group) uniformly.
+    Every group keeps at least one unit. In a grouped-head group the surviving KV groups (or B/C
+    groups) may keep different numbers of query heads only where the family can run that (``uneven``,
+    see :meth:`~prunekit.adapters.base.Adapter.runs_uneven_groups`); otherwise each keeps the same number.
     """
     t = _as_units(group, units)
     if t.numel() >= group.num_units:
         raise SurgeryError(
             f"cannot remove all {group.num_units} units of group {group.name!r}: keep at least one"
         )
-    if group.num_outer:
+    if group.num_outer and not uneven:
         per = group.units_per_outer
         counts = torch.bincount(t // per, minlength=group.num_outer)
         kept = per - counts
         surviving = kept[kept > 0]
         if surviving.numel() and bool((surviving != surviving[0]).any()):
             raise SurgeryError(
-                f"group {group.name!r}: every remaining KV group must keep the same number of query heads, "
-                f"got {kept.tolist()} kept per group; drop whole groups or an equal count from each"
+                f"group {group.name!r}: this family needs every remaining KV group to keep the same number "
+                f"of query heads, got {kept.tolist()} kept per group; drop whole groups or an equal count "
+                "from each"
             )
     return t
+
+
+def kept_per_outer(group: Group, units: torch.Tensor) -> list[int]:
+    """Query units each surviving outer unit (KV head) keeps once ``units`` go, in order."""
+    per = group.units_per_outer
+    kept = per - torch.bincount(units // per, minlength=group.num_outer)
+    return [int(k) for k in kept if k > 0]
 
 
 def member_positions(member: Member, group: Group, units: torch.Tensor) -> torch.Tensor:
@@ -93,15 +102,22 @@ def _check_fresh(model: torch.nn.Module, group: Group, shapes: dict[str, tuple[i
             raise SurgeryError(f"group {group.name!r} does not fit {m.param} of shape {tuple(p.shape)}")
 
 
-def _validated(model, decision: Decision, shapes) -> list[tuple[Group, torch.Tensor]]:
+def _validated(model, decision: Decision, shapes, adapter=None) -> list[tuple[Group, torch.Tensor]]:
+    """Every pair checked against the model; ``adapter`` given: shapes the family's code can run."""
     out, seen = [], set()
     for group, units in decision:
         if id(group) in seen:
             raise SurgeryError(f"group {group.name!r} appears twice in one decision")
         seen.add(id(group))
         _check_fresh(model, group, shapes)
-        out.append((group, check_units(group, units)))
+        uneven = adapter is None or adapter.runs_uneven_groups(model, group)
+        out.append((group, check_units(group, units, uneven=uneven)))
     return out
+
+
+def validate(model, decision: Decision, shapes=None, adapter=None) -> list[tuple[Group, torch.Tensor]]:
+    """Check a decision without writing anything (what :func:`remove` would refuse, it refuses)."""
+    return _validated(model, decision, shapes, adapter)
 
 
 @torch.no_grad()
@@ -135,7 +151,7 @@ def remove(model: torch.nn.Module, decision: Decision, adapter=None, shapes: dic
     from ..adapters import get_adapter
 
     adapter = adapter or get_adapter(model)
-    checked = _validated(model, decision, shapes)
+    checked = _validated(model, decision, shapes, adapter)
     drops: dict[tuple[str, int], list[torch.Tensor]] = defaultdict(list)
     for group, units in checked:
         for m in group.members:
@@ -165,6 +181,6 @@ def remove(model: torch.nn.Module, decision: Decision, adapter=None, shapes: dic
 
     for group, units in checked:
         if units.numel():
-            adapter.on_removed(model, group, int(units.numel()), int(dropped_outer(group, units).numel()))
+            adapter.on_removed(model, group, units)
     adapter.sync(model)
     return changed

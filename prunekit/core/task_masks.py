@@ -8,8 +8,7 @@ model back exactly.
 
 from __future__ import annotations
 
-import torch
-
+from .snapshot import Snapshot
 from .structured import StructuredPlan, apply_plan, consumers
 
 
@@ -19,30 +18,18 @@ class TaskMasks:
     def __init__(self, model, adapter, graph, plans: dict[str | None, StructuredPlan]) -> None:
         self.model, self.adapter, self.graph, self.plans = model, adapter, graph, plans
         self.active: str | None = None
-        names = {p for plan in plans.values() for g, _u in plan.decision for p in g.params}
-        self._dense = {n: model.get_parameter(n).detach().clone() for n in names}
-        modules = {m.module for plan in plans.values() for g, _u in plan.decision for m in consumers(g)}
-        self._bias = {
-            m: (None if model.get_submodule(m).bias is None else model.get_submodule(m).bias.detach().clone())
-            for m in modules
-        }
+        names = [p for plan in plans.values() for g, _u in plan.decision for p in g.params]
+        modules = [m.module for plan in plans.values() for g, _u in plan.decision for m in consumers(g)]
+        self._dense = Snapshot(model, names, modules)
         self._applied = False
 
     @property
     def tasks(self) -> list[str]:
         return [t for t in self.plans if t is not None]
 
-    @torch.no_grad()
     def reset(self) -> None:
         """Restore the dense weights and biases (biases created by compensation are removed)."""
-        for name, value in self._dense.items():
-            self.model.get_parameter(name).copy_(value)
-        for module, bias in self._bias.items():
-            mod = self.model.get_submodule(module)
-            if bias is None:
-                mod.bias = None
-            else:
-                mod.bias.copy_(bias)
+        self._dense.restore()
         self.active, self._applied = None, False
 
     def apply(self, task: str | None = None) -> None:

@@ -14,9 +14,9 @@ import math
 import torch
 
 from ..adapters import get_adapter
+from ..core.budgets import logistic_ratios
 from ..core.scorers import SCORERS
 from ..core.select import NM, parse_structure
-from ..core.structured import logistic_ratios
 from ..core.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
 from ..core.unstructured import ACTIVATION_STATS
 from .nodes import RecipeError

@@ -43,6 +43,8 @@ class Scorer:
     default_structure_search: str = "uniform"
     #: structured pruning adds W[:, removed] · E[x_removed] to the consumers' biases by default
     compensates: bool = False
+    #: structured statistics by default: of the dense model, or "sequential" after the pruned blocks
+    structured_calibration: str = "dense"
     #: "matrix" compares all weights of a matrix, "row" each output row separately (unstructured)
     default_granularity: str = "matrix"
     #: option name -> default; unknown options are refused by ``prunekit.prune``
@@ -83,6 +85,21 @@ class Scorer:
     ) -> torch.Tensor:
         """Importance of each of ``group.num_units`` units (float tensor of that length)."""
         raise NotImplementedError(f"{self.name} does not score structured groups")
+
+    def comparable_unit_scores(
+        self,
+        group: Group,
+        weights: Mapping[str, torch.Tensor],
+        stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Unit scores on a scale shared by every group, for one threshold across groups (global search).
+
+        The default z-scores :meth:`unit_scores` within the group; scorers that see finer parts of a unit
+        (a head's channels) standardise those instead.
+        """
+        s = self.unit_scores(group, weights, stats).double()
+        spread = s.std() if s.numel() > 1 else s.new_tensor(0.0)
+        return (s - s.mean()) / (spread if spread > 0 else 1.0)
 
 
 def unit_sum(group: Group, per_position: Mapping[tuple[str, int], torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ...graph.groups import Group
+from .base import Scorer
 
 ColumnMetric = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -23,8 +24,14 @@ def consumer_unit_scores(
     metric: ColumnMetric,
     reduce: str = "sum",
     require_stats: bool = True,
+    standardize: bool = False,
 ) -> torch.Tensor:
-    """Aggregate ``metric(W, stats)`` (one value per input column) over each unit's columns."""
+    """Aggregate ``metric(W, stats)`` (one value per input column) over each unit's columns.
+
+    ``standardize`` z-scores the columns of each consumer first (over the columns the group occupies,
+    unbiased std, as FLAP's code does per layer), so that unit scores of different groups and kinds
+    (heads of 64 columns, single MLP channels) share one scale for a global threshold.
+    """
     total = torch.zeros(group.num_units, dtype=torch.float64)
     count = torch.zeros(group.num_units, dtype=torch.float64)
     used = 0
@@ -36,6 +43,9 @@ def consumer_unit_scores(
             continue
         column = metric(weights[m.param].detach().float(), st or {}).double().cpu()  # small: one per column
         values = column[m.positions]
+        if standardize:
+            spread = values.std() if values.numel() > 1 else values.new_tensor(0.0)
+            values = (values - values.mean()) / (spread if spread > 0 else 1.0)
         units = m.units
         if m.per_outer:  # a column shared by an outer unit's query heads counts for each of them
             per = group.units_per_outer
@@ -47,3 +57,31 @@ def consumer_unit_scores(
     if used == 0:
         raise ValueError(f"group {group.name!r} has no consuming layer with statistics to score it")
     return total / count.clamp_min(1) if reduce == "mean" else total
+
+
+class ConsumerScorer(Scorer):
+    """A structured scorer defined by one metric per consumer input column (FLAP, Wanda-sp, ...)."""
+
+    structures = ("structured",)
+    #: how a unit's columns combine into its score ("sum" or "mean")
+    reduce = "sum"
+    #: False for weight-only metrics that need no calibration statistics
+    require_stats = True
+
+    def column_metric(self, group: Group, w: torch.Tensor, st: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One value per input column of the consumer weight ``w`` (higher: more important)."""
+        raise NotImplementedError
+
+    def _metric(self, group: Group) -> ColumnMetric:
+        return lambda w, st: self.column_metric(group, w, st)
+
+    def unit_scores(self, group, weights, stats=None) -> torch.Tensor:
+        return consumer_unit_scores(
+            group, weights, stats or {}, self._metric(group), self.reduce, self.require_stats
+        )
+
+    def comparable_unit_scores(self, group, weights, stats=None) -> torch.Tensor:
+        """Mean z-score of a unit's columns: FLAP's AL-AM standardises channels, not unit means."""
+        return consumer_unit_scores(
+            group, weights, stats or {}, self._metric(group), "mean", self.require_stats, standardize=True
+        )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Scorer, register_scorer
-from .consumers import consumer_unit_scores
+from .base import register_scorer
+from .consumers import ConsumerScorer
 
 _METRICS = {
     "IFV": lambda w, st: st["var"].reshape(-1),
@@ -27,13 +27,13 @@ _METRICS = {
 
 
 @register_scorer
-class FLAP(Scorer):
+class FLAP(ConsumerScorer):
     name = "flap"
     needs = frozenset({"mean", "var"})
-    structures = ("structured",)
     options = {"metric": "WIFV"}
     compensates = True
     default_structure_search = "global"
+    reduce = "mean"
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
@@ -42,12 +42,6 @@ class FLAP(Scorer):
         if self.config["metric"] == "WIFN":
             self.needs = frozenset({"sq_norm", "mean"})
 
-    def unit_scores(self, group, weights, stats=None) -> torch.Tensor:
-        metric = _METRICS[self.config["metric"]]
-        if group.kind == "heads":
-            base = metric
-
-            def metric(w, st):
-                return base(w, st) ** 2
-
-        return consumer_unit_scores(group, weights, stats or {}, metric, reduce="mean")
+    def column_metric(self, group, w, st) -> torch.Tensor:
+        value = _METRICS[self.config["metric"]](w, st)
+        return value**2 if group.kind == "heads" else value  # heads: squared per channel, as FLAP's code

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from .base import Scorer, register_scorer
-from .consumers import consumer_unit_scores
+from .base import register_scorer
+from .consumers import ConsumerScorer
 
 
 @register_scorer
-class SEAP(Scorer):
+class SEAP(ConsumerScorer):
     name = "seap"
     needs = frozenset({"mean", "var"})
-    structures = ("structured",)
     default_structure_search = "logistic"
+    reduce = "mean"
 
-    def unit_scores(self, group, weights, stats=None) -> torch.Tensor:
-        def wifv(w, st):
-            return st["var"].reshape(-1) * (w * w).sum(0)
-
-        return consumer_unit_scores(group, weights, stats or {}, wifv, reduce="mean")
+    def column_metric(self, group, w, st) -> torch.Tensor:
+        return st["var"].reshape(-1) * (w * w).sum(0)  # WIFV, as FLAP

@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import torch
 
-from .base import Scorer, register_scorer
-from .consumers import consumer_unit_scores
+from .base import register_scorer
+from .consumers import ConsumerScorer
 
 
 @register_scorer
-class WandaSP(Scorer):
+class WandaSP(ConsumerScorer):
     name = "wanda-sp"
     needs = frozenset({"sq_norm"})
-    structures = ("structured",)
+    structured_calibration = "sequential"  # the reference recomputes each block's outputs once pruned
 
-    def unit_scores(self, group, weights, stats=None) -> torch.Tensor:
-        def metric(w, st):
-            return w.abs().mean(0) * st["sq_norm"].reshape(-1).sqrt()
-
-        return consumer_unit_scores(group, weights, stats or {}, metric)
+    def column_metric(self, group, w, st) -> torch.Tensor:
+        return w.abs().mean(0) * st["sq_norm"].reshape(-1).sqrt()
 
 
 @register_scorer
-class MagnitudeSP(Scorer):
+class MagnitudeSP(ConsumerScorer):
     name = "magnitude-sp"
-    structures = ("structured",)
+    require_stats = False
 
-    def unit_scores(self, group, weights, stats=None) -> torch.Tensor:
-        return consumer_unit_scores(group, weights, {}, lambda w, st: w.norm(dim=0), require_stats=False)
+    def column_metric(self, group, w, st) -> torch.Tensor:
+        return w.norm(dim=0)
