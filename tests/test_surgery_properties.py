@@ -13,7 +13,8 @@ decision from the traced groups. The properties:
    original entries;
 5. bad decisions raise :class:`prunekit.SurgeryError` and leave the model bit-identical.
 
-The runs are reproducible: ``derandomize=True`` and no example database. Each test runs 8 examples per
+Attention decisions include uneven query heads per KV group (indexed attention, see
+:mod:`prunekit.adapters.kv_index`). The runs are reproducible under the "ci" profile. Each test runs 8 examples per
 family; the whole file takes about 2.5 minutes on 2 CPU cores, nearly all of it in ``prunekit.trace``.
 """
 
@@ -32,6 +33,7 @@ from hypothesis.strategies import DataObject
 
 import prunekit
 from prunekit import SurgeryError
+from prunekit.adapters import get_adapter
 from prunekit.core.surgery import check_units
 
 FAMILIES = ("llama", "mistral", "qwen2", "mamba", "mamba2")
@@ -171,10 +173,12 @@ def draw_units(data: DataObject, group: prunekit.Group) -> list[int]:
     """A random valid, non-empty set of units to drop from ``group``.
 
     For grouped heads: drop some whole KV (B/C) groups, and the same number of query heads from every
-    other one, so each surviving group keeps the same count.
+    other one, so each surviving group keeps the same count; or, for attention (the Llama families run
+    uneven KV groups through indexed attention), any query heads at all.
     """
     n = group.num_units
-    if not group.num_outer:
+    uneven = group.role == "attention" and data.draw(st.booleans(), label=f"uneven {group.name}")
+    if not group.num_outer or uneven:
         k = data.draw(st.integers(1, n - 1), label=f"count {group.name}")
         return sorted(data.draw(st.permutations(range(n)), label=f"units {group.name}")[:k])
     outer, per = group.num_outer, group.units_per_outer
@@ -273,7 +277,15 @@ def assert_attributes_consistent(case: Case) -> None:
             hd = attn.head_dim
             assert attn.q_proj.out_features % hd == 0 and attn.k_proj.out_features % hd == 0
             n_q, n_kv = attn.q_proj.out_features // hd, attn.k_proj.out_features // hd
-            assert attn.num_key_value_groups * n_kv == n_q
+            sizes = getattr(attn, "prunekit_kv_group_sizes", None) or [n_q // n_kv] * n_kv
+            assert len(sizes) == n_kv and sum(sizes) == n_q and min(sizes) >= 1
+            if len(set(sizes)) > 1:  # uneven: one gathered KV head per query head
+                assert attn.num_key_value_groups == 1
+                owner = [kv for kv, size in enumerate(sizes) for _ in range(size)]
+                assert attn.prunekit_kv_index.tolist() == owner
+                assert cfg._attn_implementation.startswith("prunekit_kv_index")
+            else:
+                assert attn.num_key_value_groups * n_kv == n_q
             assert attn.v_proj.out_features == attn.k_proj.out_features
             assert attn.o_proj.in_features == n_q * hd
             assert mlp.intermediate_size == mlp.gate_proj.out_features == mlp.down_proj.in_features
@@ -499,8 +511,11 @@ def _bad_decisions(data: DataObject, case: Case):
     # a valid pair first: nothing may change before the bad one is seen
     if other is not g:
         yield "valid then bad", [(other, draw_units(data, other)), (g, list(range(n)))]
+    adapter = get_adapter(case.model)
     for h in groups:
         if h.num_outer and h.num_outer >= 2 and h.units_per_outer >= 2:
+            if adapter.runs_uneven_groups(case.model, h):
+                continue  # Llama-family attention runs uneven KV groups (indexed attention)
             # one query head from one KV group only: the groups would keep different counts
             o = data.draw(st.integers(0, h.num_outer - 1), label="uneven group")
             yield "uneven heads", [(h, [o * h.units_per_outer])]
@@ -516,14 +531,15 @@ def test_bad_decisions_raise_and_leave_the_model_bit_identical(family, data):
     seen = set()
     for why, decision in _bad_decisions(data, case):
         seen.add(why)
-        for op in (prunekit.remove, prunekit.soft_zero):
+        # soft zeros can express uneven heads in any family; only removal needs the family to run them
+        for op in (prunekit.remove,) if why == "uneven heads" else (prunekit.remove, prunekit.soft_zero):
             with pytest.raises(SurgeryError):
                 op(model, decision, shapes=shapes)
             _assert_unchanged(model, snap)
         if why not in ("group twice", "valid then bad"):
             with pytest.raises(SurgeryError):
-                check_units(*decision[0])
-    if family != "mamba":
+                check_units(*decision[0], uneven=why != "uneven heads")
+    if family == "mamba2":  # the Llama families run uneven KV groups, so there it is no bad decision
         assert "uneven heads" in seen
     # stale trace: positions refer to shapes that no longer exist
     g = data.draw(st.sampled_from(case.graph.groups), label="stale group")

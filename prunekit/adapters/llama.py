@@ -70,14 +70,24 @@ class LlamaAdapter(Adapter):
         return group.role == "attention" and kv_index.base_implementation(model.config) is not None
 
     def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
-        if group.role == "attention" and group.num_outer:
-            attn = model.get_submodule(group.name)
-            per = group.units_per_outer
-            kept = per - torch.bincount(units.cpu() // per, minlength=group.num_outer)
-            attn.prunekit_kv_group_sizes = [int(k) for k in kept if k > 0]
+        """Record how many query heads each surviving KV head serves (removed ``units`` are query heads,
+        in order; a KV head goes when all of its query heads go)."""
+        if group.role != "attention":
+            return
+        attn = model.get_submodule(group.name)
+        sizes = _group_sizes(attn)  # recorded by before_hidden_change, from the shapes before the cut
+        owner = kv_index.kv_index(sizes)
+        lost = torch.bincount(owner[units.cpu()], minlength=len(sizes)).tolist()
+        attn.prunekit_kv_group_sizes = [k - d for k, d in zip(sizes, lost) if k > d]
 
     def before_hidden_change(self, model: torch.nn.Module) -> None:
-        model.config.head_dim = self.head_dim(model)
+        """Freeze ``head_dim`` and record every layer's KV group sizes while shapes still tell them."""
+        head_dim = model.config.head_dim = self.head_dim(model)
+        for layer in self.layers(model):
+            attn = layer.self_attn
+            if _group_sizes(attn) is None:
+                n_q, n_kv = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+                attn.prunekit_kv_group_sizes = [n_q // max(1, n_kv)] * n_kv
 
     def sync(self, model: torch.nn.Module) -> None:
         super().sync(model)
