@@ -43,38 +43,72 @@ def ratio_drops(groups, scores, ratios, gqa: str, uneven: list[bool], strict: bo
 
 
 def global_drops(
-    groups, scores, sizes, sparsity: float, gqa: str, total: float | None = None, uneven=None
+    groups, scores, sizes, sparsity: float, gqa: str, total: float | None = None, uneven=None, kv_sizes=None
 ) -> list[torch.Tensor]:
-    """AL-AM: the lowest comparable scores across all groups until ``sparsity`` of ``total`` parameters
-    (default: the sum of ``sizes`` over all units) is removed. ``sizes[g]``: parameters one unit saves."""
+    """AL-AM: the lowest comparable scores across all groups, while the removed parameters stay within
+    ``sparsity`` of ``total`` (default: the sum of ``sizes`` over all units).
+
+    ``sizes[g]`` is what one unit of group ``g`` saves; ``kv_sizes[g]`` what its KV head saves on top
+    when the unit is the last query head of that KV head (uneven "heads" policy), so the share removed
+    is counted exactly and never exceeds the request. Groups that must lose heads in equal numbers per
+    KV group (or whole groups) are rounded down first; their unspent budget goes to the others.
+    """
     uneven = list(uneven) if uneven is not None else [True] * len(groups)
+    kv_sizes = list(kv_sizes) if kv_sizes is not None else [0.0] * len(groups)
     z = torch.cat([s.double() for s in scores])
-    w = torch.cat([torch.full((g.num_units,), float(z), dtype=torch.float64) for g, z in zip(groups, sizes)])
     owner = torch.cat([torch.full((g.num_units,), i, dtype=torch.long) for i, g in enumerate(groups)])
-    order = torch.argsort(z, stable=True)  # lowest first
-    target = sparsity * (float(w.sum()) if total is None else total)
-    cum = torch.cumsum(w[order], 0)
-    n_drop = int(torch.searchsorted(cum, torch.tensor(target, dtype=cum.dtype), right=True))
-    counts = torch.bincount(owner[order[:n_drop]], minlength=len(groups)).tolist()
+    local = torch.cat([torch.arange(g.num_units) for g in groups])
+    order = torch.argsort(z, stable=True).tolist()  # lowest first
+    if total is None:
+        total = sum(float(sz) * g.num_units for g, sz in zip(groups, sizes))
+    target = sparsity * total
     free = [not _grouped(g) or (gqa == "heads" and u) for g, u in zip(groups, uneven)]
+    # groups with a step: the threshold's count, rounded down to the step
+    counts = _greedy(groups, order, owner, local, sizes, [0.0] * len(groups), target, lambda gi: True)[0]
+    spent = 0.0
     for gi, group in enumerate(groups):
-        counts[gi] = min(counts[gi], group.num_units - 1)
-        if not free[gi]:  # whole KV groups, or equal heads per KV group: round down to that step
-            step = group.units_per_outer if gqa == "groups" else group.num_outer
-            counts[gi] = (counts[gi] // step) * step
-    # what rounding left unspent goes to the next-lowest units of freely divisible groups
-    leftover = target - sum(c * sizes[gi] for gi, c in enumerate(counts))
-    seen = [0] * len(groups)
-    for idx in order.tolist():
+        if free[gi]:
+            counts[gi] = 0
+            continue
+        step = group.units_per_outer if gqa == "groups" else group.num_outer
+        counts[gi] = (min(counts[gi], group.num_units - 1) // step) * step
+        spent += counts[gi] * sizes[gi]
+    rest = target - spent
+    _counts, chosen = _greedy(groups, order, owner, local, sizes, kv_sizes, rest, lambda gi: free[gi])
+    return [
+        torch.tensor(sorted(chosen[gi]), dtype=torch.long)
+        if free[gi]
+        else lowest_units(g, s, counts[gi], gqa, uneven[gi])
+        for gi, (g, s) in enumerate(zip(groups, scores))
+    ]
+
+
+def _greedy(groups, order, owner, local, sizes, kv_sizes, budget_left: float, eligible):
+    """Take units in score order while they fit the budget (skipping any that would overshoot it);
+    every group keeps one unit. Returns the count and the chosen local indices per group."""
+    counts = [0] * len(groups)
+    chosen: list[list[int]] = [[] for _ in groups]
+    left = [[g.units_per_outer] * g.num_outer if g.num_outer else [] for g in groups]
+    spent, cheapest = 0.0, min((float(x) for x in sizes), default=0.0)
+    for idx in order:
+        if budget_left - spent < cheapest:
+            break
         gi = int(owner[idx])
-        seen[gi] += 1
-        if not free[gi] or seen[gi] <= counts[gi] or counts[gi] >= groups[gi].num_units - 1:
+        if not eligible(gi) or counts[gi] >= groups[gi].num_units - 1:
             continue
-        if sizes[gi] > leftover:
+        unit = int(local[idx])
+        outer = unit // groups[gi].units_per_outer if left[gi] else None
+        cost = float(sizes[gi])
+        if outer is not None and kv_sizes[gi] and left[gi][outer] == 1:
+            cost += float(kv_sizes[gi])
+        if spent + cost > budget_left:
             continue
+        spent += cost
         counts[gi] += 1
-        leftover -= sizes[gi]
-    return [lowest_units(g, s, k, gqa, u) for g, s, k, u in zip(groups, scores, counts, uneven)]
+        chosen[gi].append(unit)
+        if outer is not None:
+            left[gi][outer] -= 1
+    return counts, chosen
 
 
 def shortfall_notes(groups, drops, ratios, gqa: str, uneven: list[bool], family: str) -> list[str]:

@@ -336,8 +336,10 @@ def decide(model, adapter, groups, scores, sparsity, structure, opts, ratios=Non
     notes: list[str] = []
     if structure == "global":
         sizes = [per_unit_sizes(model, g, gqa) for g in groups]
-        total = sum(g.num_units * per_unit_sizes(model, g, "groups") for g in groups)
-        drops = global_drops(groups, scores, sizes, sparsity, gqa, total, uneven)
+        full = [per_unit_sizes(model, g, "groups") for g in groups]
+        total = sum(g.num_units * f for g, f in zip(groups, full))
+        kv = [(f - s) * g.units_per_outer if gqa == "heads" else 0.0 for g, f, s in zip(groups, full, sizes)]
+        drops = global_drops(groups, scores, sizes, sparsity, gqa, total, uneven, kv)
     else:
         if ratios is None:
             ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
