@@ -68,6 +68,18 @@ def _layer_ratios(key, value):
     return out
 
 
+def _block_pair(key, value):
+    """``k`` (the first and the last ``k`` blocks) or ``(first, last)``, non-negative ints."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)
+    ):
+        raise ValueError(f"option {key} must be an int or a (first, last) pair of ints >= 0, got {value!r}")
+    return tuple(pair)
+
+
 #: options the pruner itself understands: name -> (default, validator); the rest go to the scorer
 PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "granularity": (None, _choice(None, "matrix", "row")),
@@ -92,6 +104,7 @@ PRUNER_OPTIONS: dict[str, tuple[Any, Any]] = {
     "bias_compensation": (None, _choice(None, True, False)),
     "refit": (None, _choice(None, True, False)),
     "round_to": (1, _number(1, 1 << 16, integer=True)),
+    "dense_blocks": (None, _block_pair),
 }
 
 
@@ -196,6 +209,7 @@ _ONLY_FOR = {
     "bias_compensation": (("structured",), None),
     "refit": (("structured",), None),
     "round_to": (("structured",), None),
+    "dense_blocks": (("structured",), None),
     "logistic": (("structured",), ("structure_search", "logistic")),
 }
 
@@ -248,7 +262,8 @@ def prune(
     ``bias_compensation`` (bool), ``refit`` (least-squares refit of each shrunk consumer's kept columns and
     bias over the calibration inputs instead of the mean alone), ``task`` and ``task_weights`` (with
     calibration ``{task: data}``),
-    ``round_to`` (keep a multiple of this many channels);
+    ``round_to`` (keep a multiple of this many channels), ``dense_blocks`` (``k`` or ``(first, last)``:
+    those blocks stay dense and the requested share of the targeted weights comes from the others);
     for text calibration ``tokenizer``, ``n_samples``, ``seq_len``, ``seed``, ``text_column``.
     Any other keyword goes to the method's scorer, which refuses unknown ones.
     Every argument is checked before the model is touched: on error the model is unchanged.

@@ -102,3 +102,45 @@ def test_bias_compensation_lowers_every_output_projection_error(setup):
                 assert err[True] < err[False], f"layer {i} {attr}"
                 checked += 1
     assert checked >= 30
+
+
+def _block_linear(model) -> int:
+    return sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_uniform_wanda_sp_takes_the_reference_budget_and_round_trips(setup, tmp_path):
+    """20 % uniform: int(9 * 0.2) = 1 query head, no KV head and int(1536 * 0.2) = 307 MLP channels in
+    every layer (17.1 % of the block Linear weights), hard-removed with uneven KV groups; the model
+    generates with a cache and reloads exactly."""
+    model, tok, calibration, _windows = setup
+    pruned = copy.deepcopy(model)
+    report = prunekit.prune(pruned, method="wanda-sp", sparsity=0.2, calibration=calibration)
+    for layer in pruned.model.layers:
+        assert layer.self_attn.q_proj.out_features == 8 * 64
+        assert layer.self_attn.k_proj.out_features == layer.self_attn.v_proj.out_features == 3 * 64
+        assert layer.mlp.gate_proj.out_features == 1536 - 307
+        assert sorted(layer.self_attn.prunekit_kv_group_sizes) == [2, 3, 3]
+    assert 1 - _block_linear(pruned) / _block_linear(model) == pytest.approx(0.171, abs=0.0005)
+    assert report.unit_totals == {"attention": (270, 240), "mlp": (46080, 36870)}
+    ids = tok("def main():", return_tensors="pt").input_ids
+    out = pruned.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+        output_logits=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        full = pruned(out.sequences[:, :-1]).logits[:, ids.shape[1] - 1 :]
+    torch.testing.assert_close(torch.stack(out.logits, 1), full, atol=1e-4, rtol=1e-4)
+    path = prunekit.save_pretrained(pruned, tmp_path / "wsp")
+    reloaded = prunekit.from_pretrained(path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(out.sequences).logits, pruned(out.sequences).logits)
+
+
+def test_flap_al_am_removes_the_requested_share_of_block_weights(setup):
+    model, _tok, calibration, _windows = setup
+    pruned = copy.deepcopy(model)
+    report = prunekit.prune(pruned, method="flap", sparsity=0.2, calibration=calibration)
+    share = 1 - _block_linear(pruned) / _block_linear(model)
+    assert 0.19 <= share <= 0.2 + 1e-9
+    kept = report.unit_totals
+    assert kept["attention"][1] < 270 and kept["mlp"][1] < 46080  # the threshold takes both kinds

@@ -217,3 +217,29 @@ def test_a_family_that_needs_equal_heads_per_group_reports_the_shortfall():
     assert model.backbone.layers[0].mixer.num_heads == 8
     assert any("1 of 8 units asked, 0 removed" in n and "same number of heads" in n for n in report.notes)
     assert "note:" in str(report)
+
+
+def test_dense_blocks_stay_whole_and_the_others_carry_the_whole_share():
+    """Two of four blocks spared: the other two lose twice the ratio, the total share is the request."""
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(3, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+    graph = prunekit.trace(model)
+    groups = [g for g in graph.groups if g.role in ("attention", "mlp")]
+    before = _member_params(model, groups)
+    report = prunekit.prune(
+        model, method="wanda-sp", sparsity=0.2, calibration=ids, structure_search="global", dense_blocks=1
+    )
+    after = _member_params(model, groups)
+    assert after[0] == before[0] and after[3] == before[3]
+    assert not any(k.startswith(("layers.0.", "layers.3.")) for k in report.removed)
+    removed = sum(before) - sum(after)
+    assert 0.2 * sum(before) - 2 * 8 * 32 * 2 <= removed <= 0.2 * sum(before)
+    with pytest.raises(ValueError, match="cannot come from"):
+        prunekit.prune(model, method="wanda-sp", sparsity=0.6, calibration=ids, dense_blocks=(1, 2))
+    with pytest.raises(ValueError, match="dense_blocks"):
+        prunekit.prune(model, method="wanda-sp", sparsity=0.2, calibration=ids, dense_blocks=-1)

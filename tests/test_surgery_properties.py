@@ -14,8 +14,9 @@ decision from the traced groups. The properties:
 5. bad decisions raise :class:`prunekit.SurgeryError` and leave the model bit-identical.
 
 Attention decisions include uneven query heads per KV group (indexed attention, see
-:mod:`prunekit.adapters.kv_index`). The runs are reproducible under the "ci" profile. Each test runs 8 examples per
-family; the whole file takes about 2.5 minutes on 2 CPU cores, nearly all of it in ``prunekit.trace``.
+:mod:`prunekit.adapters.kv_index`). The runs are reproducible under the "ci" profile. Each test runs 8
+examples per family; the whole file takes about 2.5 minutes on 2 CPU cores, nearly all of it in
+``prunekit.trace``.
 """
 
 from __future__ import annotations

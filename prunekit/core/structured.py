@@ -228,6 +228,7 @@ def plan_structured(
         what = "the least-squares refit" if compensate == "refit" else "bias compensation"
         raise ValueError(f"{what} needs calibration data (or pass bias_compensation=False)")
     _check_task(calibration, opts.get("task"))
+    groups, sparsity = spare_blocks(model, adapter, groups, sparsity, opts.get("dense_blocks"), structure)
     needs = scorer.needs | {"mean": {"mean"}, "refit": {"mean", "hessian"}}.get(compensate, set())
     mode = opts.get("calibration_mode") or default_calibration(groups, calibration, scorer, structure)
     if mode == "sequential":
@@ -253,6 +254,33 @@ def _compensation(scorer, opts) -> str | None:
             raise ValueError("refit=True refits the biases too: it cannot go with bias_compensation=False")
         return "refit"
     return "mean" if (scorer.compensates if bias is None else bias) else None
+
+
+def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, structure: str):
+    """Leave the first and last blocks dense and take the requested share of *all* targeted parameters
+    from the others (so 50 % still means half of the targeted weights). Returns the groups left and
+    the ratio that applies to them."""
+    if not dense_blocks:
+        return groups, sparsity
+    first, last = (dense_blocks, dense_blocks) if isinstance(dense_blocks, int) else tuple(dense_blocks)
+    if structure == "logistic":
+        raise ValueError("dense_blocks: the logistic schedule keeps its own first and last blocks dense")
+    n = len(adapter.layers(model))
+    spared = set(range(first)) | set(range(n - last, n))
+    spanning = [g.name or g.role for g in groups if g.layer_index() is None]
+    if spanning:
+        raise ValueError(f"dense_blocks: groups {spanning[:3]} span every block and cannot be spared")
+    rest = [g for g in groups if g.layer_index() not in spared]
+    if not rest:
+        raise ValueError(f"dense_blocks={dense_blocks!r} leaves none of the {n} blocks to prune")
+    size = {id(g): g.num_units * per_unit_sizes(model, g, "groups") for g in groups}
+    ratio = sparsity * sum(size.values()) / sum(size[id(g)] for g in rest)
+    if ratio >= 1:
+        raise ValueError(
+            f"sparsity {sparsity} of the targeted weights cannot come from the {n - len(spared)} blocks "
+            f"left after dense_blocks={dense_blocks!r} ({ratio:.2f} of them)"
+        )
+    return rest, ratio
 
 
 def default_calibration(groups, calibration, scorer, structure: str) -> str:
