@@ -198,7 +198,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 #: pruner options that only some calls use: name -> (structures it applies to, what else it needs)
-_ONLY_FOR = {
+OPTION_SCOPE = {
     "granularity": (("unstructured", "N:M"), None),
     "allocation": (("unstructured", "N:M"), None),
     "owl_lambda": (("unstructured", "N:M"), ("allocation", "owl")),
@@ -217,9 +217,9 @@ _ONLY_FOR = {
 def _refuse_unused(given: dict[str, Any], kind: str, opts: dict[str, Any], scorer) -> None:
     """An option the call would not use is an error naming it, never silently dropped."""
     for key, value in given.items():
-        if key not in _ONLY_FOR or value is None:
+        if key not in OPTION_SCOPE or value is None:
             continue
-        kinds, needs = _ONLY_FOR[key]
+        kinds, needs = OPTION_SCOPE[key]
         if kind not in kinds:
             raise ValueError(f"option {key}={value!r} applies to {' / '.join(kinds)} pruning, not {kind}")
         if needs is not None and opts[needs[0]] != needs[1]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from ..api import PRUNER_OPTIONS, default_structure
+from ..api import OPTION_SCOPE, PRUNER_OPTIONS, default_structure
 from ..core.scorers import SCORERS, get_scorer
 from ..core.select import NM, parse_structure
 from ..models import KNOWN_MODELS
@@ -52,10 +52,6 @@ RESERVED_OPTIONS = {
     "task": "a direct prunekit.prune call (task-specific calibration is not part of recipes)",
     "task_weights": "a direct prunekit.prune call (task-specific calibration is not part of recipes)",
 }
-#: pruner options that only mean something for some structures; others would be silently ignored
-STRUCTURED_ONLY = frozenset({"gqa", "mode", "structure_search", "logistic", "bias_compensation", "round_to"})
-UNSTRUCTURED_ONLY = frozenset({"granularity"})
-MASK_ONLY = frozenset({"calibration_mode"})  # unstructured and N:M
 
 
 @dataclass(frozen=True)
@@ -337,15 +333,11 @@ def _options(node: Node, ctx: Ctx, stage: Stage, scorer_cls, lines: dict) -> dic
         if key in scorer_opts:
             out[key] = _typed_like(vnode, kctx, key, scorer_opts[key])
             continue
-        for only, kinds in (
-            (STRUCTURED_ONLY, ("structured",)),
-            (UNSTRUCTURED_ONLY, ("unstructured",)),
-            (MASK_ONLY, ("unstructured", "N:M")),
-        ):
-            if key in only and stage.kind not in kinds:
-                raise kctx.error(
-                    f"{key} applies only to {' and '.join(kinds)} stages, this one is {stage.kind}", vnode
-                )
+        kinds = OPTION_SCOPE.get(key, (None, None))[0]  # the same scopes prunekit.prune enforces
+        if kinds is not None and stage.kind not in kinds:
+            raise kctx.error(
+                f"{key} applies only to {' and '.join(kinds)} stages, this one is {stage.kind}", vnode
+            )
         raw = _logistic(vnode, kctx) if key == "logistic" else value(vnode, kctx)
         try:
             out[key] = PRUNER_OPTIONS[key][1](key, raw)
