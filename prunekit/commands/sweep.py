@@ -29,8 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="unstructured (default) | N:M | structured; structured-only methods always run structured",
     )
-    p.add_argument("--allocation", choices=("uniform", "owl"), default="uniform", help="per-block sparsity")
-    p.add_argument("--calibration-mode", choices=("sequential", "dense"), default="sequential")
+    p.add_argument(
+        "--allocation", choices=("uniform", "owl"), default=None, help="unstructured: per-block sparsity"
+    )
+    p.add_argument(
+        "--calibration-mode", choices=("sequential", "dense"), default=None, help="default: each method's"
+    )
     p.add_argument("--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)")
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=256)
