@@ -60,9 +60,10 @@ def test_offloaded_pruning_equals_in_memory(tmp_path_factory, arch, method, stru
     ids = torch.randint(3, 300, (6, 16), generator=torch.Generator().manual_seed(seed))
     ignore = ["re:dt_proj"] if arch == "mamba" and structure == "2:4" else None  # 2 inputs per row
     in_memory = copy.deepcopy(model)
+    calibrated = {"calibration_mode": mode} if method != "magnitude" else {}  # magnitude reads no statistics
     report = prunekit.prune(
-        in_memory, method=method, sparsity=0.5, structure=structure, calibration=ids, calibration_mode=mode,
-        ignore=ignore,
+        in_memory, method=method, sparsity=0.5, structure=structure, calibration=ids, ignore=ignore,
+        **calibrated,
     )  # fmt: skip
     result = prune_offloaded(
         src, tmp / "out", method, 0.5, structure, ids, calibration_mode=mode, device="cpu", ignore=ignore

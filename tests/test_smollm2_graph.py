@@ -45,8 +45,11 @@ def test_structured_prune_shrinks_and_still_generates(smollm2):
     model = copy.deepcopy(model)
     report = prunekit.prune(model, sparsity=0.34, structure="structured", gqa="heads")
     layer = model.model.layers[7]
-    assert layer.self_attn.q_proj.out_features == 6 * 64 and layer.self_attn.k_proj.out_features == 3 * 64
-    assert layer.mlp.gate_proj.out_features == 1536 - round(1536 * 0.34)
+    # int(9 * 0.34) = 3 query heads wherever they score lowest; a KV head goes only with all of its heads
+    assert layer.self_attn.q_proj.out_features == 6 * 64
+    sizes = layer.self_attn.prunekit_kv_group_sizes
+    assert sum(sizes) == 6 and layer.self_attn.k_proj.out_features == len(sizes) * 64
+    assert layer.mlp.gate_proj.out_features == 1536 - int(1536 * 0.34)
     assert model.config.intermediate_size == layer.mlp.gate_proj.out_features
     assert report.params_after < report.params_before
     ids = tok("The Python language", return_tensors="pt").input_ids
