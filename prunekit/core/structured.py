@@ -265,6 +265,8 @@ def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, structur
     first, last = (dense_blocks, dense_blocks) if isinstance(dense_blocks, int) else tuple(dense_blocks)
     if structure == "logistic":
         raise ValueError("dense_blocks: the logistic schedule keeps its own first and last blocks dense")
+    if structure == "per-layer":
+        raise ValueError("dense_blocks: with layer_sparsity, give those blocks a ratio of 0 instead")
     n = len(adapter.layers(model))
     spared = set(range(first)) | set(range(n - last, n))
     spanning = [g.name or g.role for g in groups if g.layer_index() is None]
