@@ -199,7 +199,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 #: pruner options that only some calls use: name -> (structures it applies to, what else it needs)
 OPTION_SCOPE = {
-    "granularity": (("unstructured", "N:M"), None),
+    "granularity": (("unstructured",), None),  # N:M picks N of every M along each row by definition
     "allocation": (("unstructured", "N:M"), None),
     "owl_lambda": (("unstructured", "N:M"), ("allocation", "owl")),
     "owl_m": (("unstructured", "N:M"), ("allocation", "owl")),
