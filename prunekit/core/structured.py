@@ -234,8 +234,12 @@ def plan_structured(
     if mode == "sequential":
         check_sequential(groups, calibration, scorer, structure)
         ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
-        return _plan_sequential(model, adapter, graph, groups, scorer, ratios, calibration, opts, needs)
-    scores, stats = _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure)
+        return _plan_sequential(
+            model, adapter, graph, groups, scorer, ratios, calibration, opts, needs, progress
+        )
+    scores, stats = _dense_scores(
+        model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress
+    )
     drops, notes = decide(model, adapter, groups, scores, sparsity, structure, opts)
     decision = validate(model, list(zip(groups, drops)), graph.param_shapes, adapter)
     plan = StructuredPlan(decision, notes=notes, calibration_mode="dense")
@@ -327,7 +331,7 @@ def _check_task(calibration, task) -> None:
         raise ValueError("task= needs calibration given as a dict {task: texts or token ids}")
 
 
-def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure):
+def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress):
     """Scores (comparable across groups for the global search) and consumer statistics, per task."""
     wants_grads = "param_grad" in needs
     needs = needs - {"param_grad"}
@@ -338,11 +342,11 @@ def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, need
     sources = calibration if isinstance(calibration, dict) else {None: calibration}
     stats_by, scores_by = {}, {}
     for name, ids in sources.items():
-        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], False, taps)
+        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], progress, taps)
         grads = None
         if wants_grads:
             params = {p: model.get_parameter(p) for g in groups for p in g.params}
-            grads = gradient_sums(model, ids, params, progress=False)
+            grads = gradient_sums(model, ids, params, progress=progress)
         scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, grads, comparable)
     if isinstance(calibration, dict) and opts.get("task") is None:
         return _blend(scores_by, opts.get("task_weights")), _pooled(stats_by)
@@ -382,14 +386,12 @@ def decide(model, adapter, groups, scores, sparsity, structure, opts, ratios=Non
 
 
 def _plan_sequential(
-    model, adapter, graph, groups, scorer, ratios, calibration, opts, needs
+    model, adapter, graph, groups, scorer, ratios, calibration, opts, needs, progress=False
 ) -> StructuredPlan:
     """Block by block: score on the outputs of the pruned blocks before, soft-prune, pass on."""
     blocks = adapter.layers(model)
     structure = opts.get("structure_search") or "uniform"
-    index_of = {id(b): i for i, b in enumerate(blocks)}
-    names = {n: id(m) for n, m in model.named_modules()}
-    block_of = [index_of.get(names.get(_block_name(g, blocks, model))) for g in groups]
+    block_of = [g.layer_index() for g in groups]  # check_sequential refused groups outside one block
     primary = primary_consumers(graph)
     compensate = _compensation(scorer, opts)
     plan = StructuredPlan(written=True, calibration_mode="sequential")
@@ -425,7 +427,7 @@ def _plan_sequential(
     try:
         run_blockwise(
             model, blocks, calibration, per_block, needs, prune_block, mode="sequential",
-            batch_size=opts["batch_size"], progress=False, desc="structured (sequential)",
+            batch_size=opts["batch_size"], progress=progress, desc="structured (sequential)",
             taps=adapter.stat_taps(model),
         )  # fmt: skip
     except BaseException:
@@ -433,13 +435,6 @@ def _plan_sequential(
         raise
     plan.snapshot = snapshot
     return plan
-
-
-def _block_name(group: Group, blocks, model) -> str | None:
-    """The name of the block holding every member of ``group`` (None if it spans several or none)."""
-    names = [n for n, m in model.named_modules() if any(m is b for b in blocks)]
-    owners = {next((n for n in names if m.param.startswith(n + ".")), None) for m in group.members}
-    return owners.pop() if len(owners) == 1 else None
 
 
 def _pooled(stats_by: dict) -> dict:

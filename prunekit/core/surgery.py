@@ -69,13 +69,6 @@ def check_units(group: Group, units, uneven: bool = True) -> torch.Tensor:
     return t
 
 
-def kept_per_outer(group: Group, units: torch.Tensor) -> list[int]:
-    """Query units each surviving outer unit (KV head) keeps once ``units`` go, in order."""
-    per = group.units_per_outer
-    kept = per - torch.bincount(units // per, minlength=group.num_outer)
-    return [int(k) for k in kept if k > 0]
-
-
 def member_positions(member: Member, group: Group, units: torch.Tensor) -> torch.Tensor:
     """Positions along ``member.dim`` that go when ``units`` of ``group`` go."""
     chosen = dropped_outer(group, units) if member.per_outer else units

@@ -97,9 +97,13 @@ class Scorer:
         The default z-scores :meth:`unit_scores` within the group; scorers that see finer parts of a unit
         (a head's channels) standardise those instead.
         """
-        s = self.unit_scores(group, weights, stats).double()
-        spread = s.std() if s.numel() > 1 else s.new_tensor(0.0)
-        return (s - s.mean()) / (spread if spread > 0 else 1.0)
+        return zscore(self.unit_scores(group, weights, stats).double())
+
+
+def zscore(values: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std (unbiased, as FLAP's code); a constant or single value stays centred at 0."""
+    spread = values.std() if values.numel() > 1 else values.new_tensor(0.0)
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
 
 
 def unit_sum(group: Group, per_position: Mapping[tuple[str, int], torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ...graph.groups import Group
-from .base import Scorer
+from .base import Scorer, zscore
 
 ColumnMetric = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -44,8 +44,7 @@ def consumer_unit_scores(
         column = metric(weights[m.param].detach().float(), st or {}).double().cpu()  # small: one per column
         values = column[m.positions]
         if standardize:
-            spread = values.std() if values.numel() > 1 else values.new_tensor(0.0)
-            values = (values - values.mean()) / (spread if spread > 0 else 1.0)
+            values = zscore(values)
         units = m.units
         if m.per_outer:  # a column shared by an outer unit's query heads counts for each of them
             per = group.units_per_outer
