@@ -33,16 +33,16 @@ import torch
 import transformers
 
 import prunekit
-from prunekit.adapters import get_adapter
+from prunekit.families import get_adapter
 from prunekit.graph import trace
 from prunekit.graph.build import build_groups
 from prunekit.graph.tracer import export_model, propagate
 
 try:  # trace() computes tied-weight aliases with this private helper; use it so the phases match trace()
-    from prunekit.graph.graph import _aliases
+    from prunekit.graph.graph import graph_aliases
 except ImportError:  # pragma: no cover - the helper moved; untied models need no aliases
 
-    def _aliases(model):
+    def graph_aliases(model):
         return {}
 
 
@@ -77,7 +77,7 @@ def phases(model: torch.nn.Module) -> dict[str, float | int]:
     adapter = get_adapter(model)
     exported = export_model(model)
     t1 = time.process_time()
-    state = propagate(exported, opaque_modules=adapter.opaque_modules, aliases=_aliases(model))
+    state = propagate(exported, opaque_modules=adapter.opaque_modules, aliases=graph_aliases(model))
     t2 = time.process_time()
     groups, pinned = build_groups(state)
     t3 = time.process_time()

@@ -1,24 +1,41 @@
 """prunekit: structured, semi-structured and unstructured pruning for transformers and state-space LMs.
 
 Entry points: :func:`prune` (one call for every method), :func:`trace` (the dependency graph of
-prunable groups), :func:`prune_offloaded` (models larger than memory, block by block from disk),
-:func:`prune_component` (one named part of a block), the modules :mod:`prunekit.sweep` and
-:mod:`prunekit.study` (methods x sparsities; per component and family), and the modules
-:mod:`prunekit.models` (offline models), :mod:`prunekit.data` (calibration and evaluation text) and
-:mod:`prunekit.eval` (perplexity, JS divergence).
+prunable groups), :func:`task_masks` (switchable per-task structured masks), :func:`prune_offloaded`
+(models larger than memory, block by block from disk), :func:`prune_component` (one named part of a
+block), :func:`sweep` and :func:`study` (methods x sparsities; per component and family), and the
+modules :mod:`prunekit.models` (offline models), :mod:`prunekit.data` (calibration and evaluation
+text), :mod:`prunekit.eval` (perplexity, JS divergence, zero-shot), :mod:`prunekit.io` (saving and
+loading pruned models) and :mod:`prunekit.recipes` (YAML recipes).
+
+Layout and the one dependency rule: each layer imports only the layers before it, never one after
+it (``tests/test_layout.py`` checks every import, and that no module imports another's private name).
+
+1. ``version``, ``data``    -- the package version; calibration and evaluation text as token ids
+2. ``graph``               -- torch.export tracing -> label algebra -> groups; knows no family, no method
+3. ``families``            -- per-family adapters: group roles, surgery hooks, per-block sizes
+4. ``io``, ``models``       -- safetensors save/load of non-uniform models; the offline model zoo
+5. ``methods``             -- scorers, statistics, selection, allocation, structure search
+6. ``spec``                -- the typed, validated request every entry point builds
+7. ``engine``              -- plan and block-wise execution: calibration, surgery, offload, distributed
+8. ``eval``                -- perplexity, JS divergence, zero-shot
+9. ``api``                 -- prune, trace, task_masks, prune_offloaded: build a spec, plan, execute
+10. ``recipes``            -- YAML recipes -> specs
+11. ``experiments``        -- sweeps and studies (they call the api)
+12. ``refmodels``          -- the from-scratch reference-model trainer (not pruning; apart)
+13. ``cli``                -- the ``prunekit`` command, one module per sub-command
 """
 
-from . import data, eval, models
-from .api import prune, task_masks
-from .big import prune_offloaded
-from .core.report import PruneReport
-from .core.scorers import SCORERS, Scorer, register_scorer
-from .core.surgery import SurgeryError, remove, soft_zero
-from .graph import DependencyGraph, Group, Member, UnmappedOpError, trace
-from .saving import from_pretrained, save_pretrained
-from .study import prune_component
-
-__version__ = "0.1.0"
+from . import data, eval, io, models
+from .api import prune, prune_offloaded, task_masks, trace
+from .engine.report import PruneReport
+from .engine.surgery import SurgeryError, remove, soft_zero
+from .experiments.study import prune_component, study
+from .experiments.sweep import sweep
+from .graph import DependencyGraph, Group, Member, UnmappedOpError
+from .io import from_pretrained, save_pretrained
+from .methods.scorers import SCORERS, Scorer, register_scorer
+from .version import __version__
 
 __all__ = [
     "SCORERS",
@@ -29,9 +46,11 @@ __all__ = [
     "Scorer",
     "SurgeryError",
     "UnmappedOpError",
+    "__version__",
     "data",
     "eval",
     "from_pretrained",
+    "io",
     "models",
     "prune",
     "prune_component",
@@ -40,6 +59,8 @@ __all__ = [
     "remove",
     "save_pretrained",
     "soft_zero",
+    "study",
+    "sweep",
     "task_masks",
     "trace",
 ]

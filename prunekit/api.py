@@ -13,13 +13,17 @@ from typing import Any
 
 import torch
 
-from .adapters import get_adapter
-from .core.report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
-from .core.scorers import get_scorer
-from .core.select import NM, parse_structure
-from .core.structured import plan_structured, prune_structured
-from .core.targets import group_targets, weight_targets
-from .core.unstructured import prune_unstructured
+from .engine.offload import OffloadResult, prune_offloaded
+from .engine.report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
+from .engine.structured import plan_structured, prune_structured
+from .engine.targets import group_targets, weight_targets
+from .engine.unstructured import prune_unstructured
+from .families import get_adapter
+from .graph import DependencyGraph
+from .graph import trace as trace_graph
+from .methods.scorers import get_scorer
+from .methods.select import NM, parse_structure
+from .spec import check_nm, default_structure, validate_calibration
 
 
 def _choice(*allowed):
@@ -122,68 +126,6 @@ def _resolve_per_layer(opts: dict, scorer, kind: str) -> None:
         raise ValueError("structure_search='per-layer' needs layer_sparsity (per-block ratios)")
 
 
-def validate_calibration(
-    calibration: Any, model: torch.nn.Module, opts: dict | None = None
-) -> torch.Tensor | None:
-    """Token ids as a LongTensor ``[N, L]`` whose ids exist in the model's vocabulary.
-
-    A list of strings or a ``datasets.Dataset`` is tokenized first (``opts`` carries ``tokenizer``,
-    ``n_samples``, ``seq_len``, ``seed`` and ``text_column``).
-    """
-    if calibration is None:
-        return None
-    if not isinstance(calibration, torch.Tensor) and (
-        hasattr(calibration, "column_names")
-        or (
-            isinstance(calibration, (list, tuple))
-            and calibration
-            and all(isinstance(t, str) for t in calibration)
-        )
-    ):
-        from .data import calibration_from_texts
-
-        opts = opts or {}
-        calibration = calibration_from_texts(
-            calibration,
-            opts.get("tokenizer"),
-            n_samples=opts.get("n_samples", 32),
-            seq_len=opts.get("seq_len", 256),
-            seed=opts.get("seed", 0),
-            text_column=opts.get("text_column", "text"),
-        )
-    if not isinstance(calibration, torch.Tensor):
-        raise TypeError(
-            f"calibration must be a LongTensor of token ids [N, L], got {type(calibration).__name__}"
-        )
-    if calibration.dtype != torch.long:
-        raise TypeError(f"calibration must hold int64 token ids, got dtype {calibration.dtype}")
-    if calibration.dim() != 2 or calibration.shape[0] < 1 or calibration.shape[1] < 1:
-        raise ValueError(f"calibration must have shape [N, L] with N, L >= 1, got {tuple(calibration.shape)}")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab and (int(calibration.min()) < 0 or int(calibration.max()) >= vocab):
-        raise ValueError(
-            f"calibration ids must lie in [0, {vocab}) (the model's vocabulary), "
-            f"got range [{int(calibration.min())}, {int(calibration.max())}]"
-        )
-    return calibration
-
-
-def default_structure(method: str | Any) -> str:
-    """The structure ``prune`` uses when none is given: ``"structured"`` for methods that can only
-    remove whole units (FLAP, SEAP, Wanda-sp, ...), else ``"unstructured"``.
-
-    ``method`` is a registered method name or a scorer (class or instance). Kept in one place so that
-    callers looping over methods (sweeps) resolve the default exactly as a single call would.
-    """
-    if isinstance(method, str):
-        from .core.scorers import SCORERS
-
-        if method not in SCORERS:
-            raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(SCORERS))}")
-        method = SCORERS[method]
-    return "structured" if tuple(method.structures) == ("structured",) else "unstructured"
-
-
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pruner options (validated, defaults filled in; None means "not given") and scorer options."""
     pruner = {k: default for k, (default, _check) in PRUNER_OPTIONS.items()}
@@ -229,8 +171,6 @@ def _refuse_unused(given: dict[str, Any], kind: str, opts: dict[str, Any], score
         raise ValueError(
             f"option calibration_mode: method {scorer.name!r} reads no calibration statistics here"
         )
-
-
 
 
 def prune(
@@ -319,7 +259,7 @@ def prune(
         )
     else:
         targeted_weights = weight_targets(model, adapter.layers(model), targets, ignore)
-        _check_nm(targeted_weights, pattern)
+        check_nm(targeted_weights, pattern)
         result = prune_unstructured(
             model,
             adapter.layers(model),
@@ -361,23 +301,10 @@ def _layer_names(model: torch.nn.Module, adapter) -> list[str]:
     return [name for name, mod in model.named_modules() if id(mod) in ids]
 
 
-def _check_nm(targeted, pattern) -> None:
-    if not isinstance(pattern, NM):
-        return
-    for name, mod in targeted.items():
-        cols = mod.weight[0].numel()
-        if cols % pattern.m:
-            raise ValueError(
-                f"N:M {pattern}: {name} has {cols} inputs per row, not a multiple of {pattern.m}"
-            )
-
-
 def _prune_structured(
     model, adapter, scorer, sparsity, targets, ignore, opts, calibration, report, progress
 ) -> None:
-    from .graph import trace
-
-    graph = trace(model, adapter=adapter)
+    graph = trace_graph(model, adapter=adapter)
     report.skipped = [f"{g.name or g.role}: {why}" for g, why in graph.rejected]
     groups = group_targets(graph.groups, adapter.default_structured_roles, targets, ignore)
     plan = prune_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
@@ -401,12 +328,11 @@ def task_masks(
     **options: Any,
 ):
     """Compute one structured soft mask per task (and a generic one) and return a switchable
-    :class:`~prunekit.core.task_masks.TaskMasks`; the model stays dense until ``.apply(task)``.
+    :class:`~prunekit.engine.task_masks.TaskMasks`; the model stays dense until ``.apply(task)``.
 
     ``calibration`` is ``{task: token ids | texts | Dataset}``; other arguments as for :func:`prune`.
     """
-    from .core.task_masks import TaskMasks
-    from .graph import trace
+    from .engine.task_masks import TaskMasks
 
     if not isinstance(calibration, dict) or not calibration:
         raise ValueError("task_masks needs calibration as a non-empty {task: data} dict")
@@ -422,7 +348,7 @@ def task_masks(
         pruner_opts["structure_search"] = scorer.default_structure_search
     data = {str(k): validate_calibration(v, model, pruner_opts) for k, v in calibration.items()}
     adapter = get_adapter(model)
-    graph = trace(model, adapter=adapter)
+    graph = trace_graph(model, adapter=adapter)
     groups = group_targets(graph.groups, adapter.default_structured_roles, targets, ignore)
     plans = {}
     for task in [*data, None]:
@@ -431,3 +357,15 @@ def task_masks(
             model, adapter, graph, groups, scorer, float(sparsity), data, opts, pruner_opts["progress"]
         )
     return TaskMasks(model, adapter, graph, plans)
+
+
+def trace(
+    model: torch.nn.Module, example_inputs: torch.Tensor | None = None, adapter=None
+) -> DependencyGraph:
+    """The model's prunable groups: :func:`prunekit.graph.trace` with the family adapter looked up from
+    the model's config when ``adapter`` is not given (the adapter names roles and rejects what the
+    family's code cannot shrink)."""
+    return trace_graph(model, example_inputs, adapter or get_adapter(model))
+
+
+__all__ = ["OffloadResult", "prune", "prune_offloaded", "task_masks", "trace"]

@@ -77,9 +77,9 @@ def calibration_ids(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     stream, bos = _prepared_stream(tokenizer, source, seq_len)
-    split = _split_point(len(stream), calib_fraction)
-    starts = _calibration_starts(split, _text_len(seq_len, bos), n_samples, seed)
-    return _gather(stream, starts, _text_len(seq_len, bos), bos)
+    split = split_point(len(stream), calib_fraction)
+    starts = _calibration_starts(split, window_text_len(seq_len, bos), n_samples, seed)
+    return gather_windows(stream, starts, window_text_len(seq_len, bos), bos)
 
 
 def eval_windows(
@@ -100,10 +100,10 @@ def eval_windows(
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
     stream, bos = _prepared_stream(tokenizer, source, seq_len)
-    split = _split_point(len(stream), calib_fraction)
-    text_len = _text_len(seq_len, bos)
-    starts = _eval_starts(split, len(stream), text_len, max_windows)
-    return _gather(stream, starts, text_len, bos)
+    split = split_point(len(stream), calib_fraction)
+    text_len = window_text_len(seq_len, bos)
+    starts = eval_starts(split, len(stream), text_len, max_windows)
+    return gather_windows(stream, starts, text_len, bos)
 
 
 def calibration_from_texts(
@@ -143,21 +143,21 @@ def calibration_from_texts(
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
     stream = torch.tensor(ids, dtype=torch.long)
     bos = tokenizer.bos_token_id
-    text_len = _text_len(seq_len, bos)
+    text_len = window_text_len(seq_len, bos)
     starts = _calibration_starts(len(stream), text_len, n_samples, seed)
-    return _gather(stream, starts, text_len, bos)
+    return gather_windows(stream, starts, text_len, bos)
 
 
 # --------------------------------------------------------------------------------------------------
 # Internals.  The position helpers work on plain offsets so tests can check disjointness directly.
 
 
-def _text_len(seq_len: int, bos: int | None) -> int:
+def window_text_len(seq_len: int, bos: int | None) -> int:
     """Number of corpus tokens per window (one slot goes to BOS when there is one)."""
     return seq_len - 1 if bos is not None else seq_len
 
 
-def _split_point(n_tokens: int, calib_fraction: float) -> int:
+def split_point(n_tokens: int, calib_fraction: float) -> int:
     """Token offset where the evaluation split begins; ``[0, split)`` is calibration."""
     if not 0.0 < calib_fraction < 1.0:
         raise ValueError(f"calib_fraction must be in (0, 1), got {calib_fraction}")
@@ -175,7 +175,7 @@ def _calibration_starts(split: int, text_len: int, n_samples: int, seed: int) ->
     return torch.randint(0, split - text_len + 1, (n_samples,), generator=generator)
 
 
-def _eval_starts(split: int, n_tokens: int, text_len: int, max_windows: int | None) -> torch.Tensor:
+def eval_starts(split: int, n_tokens: int, text_len: int, max_windows: int | None) -> torch.Tensor:
     """Start offsets of consecutive windows tiling ``[split, n_tokens)``."""
     count = (n_tokens - split) // text_len
     if count < 1:
@@ -188,7 +188,9 @@ def _eval_starts(split: int, n_tokens: int, text_len: int, max_windows: int | No
     return split + text_len * torch.arange(count)
 
 
-def _gather(stream: torch.Tensor, starts: torch.Tensor, text_len: int, bos: int | None) -> torch.Tensor:
+def gather_windows(
+    stream: torch.Tensor, starts: torch.Tensor, text_len: int, bos: int | None
+) -> torch.Tensor:
     """Stack ``stream[s : s + text_len]`` for each start, prefixed with BOS when given."""
     index = starts[:, None] + torch.arange(text_len)[None, :]
     windows = stream[index]
@@ -205,7 +207,7 @@ def _prepared_stream(
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 (one token to condition on, one to predict), got {seq_len}")
     bos = tokenizer.bos_token_id
-    return _token_stream(tokenizer, source), bos
+    return token_stream(tokenizer, source), bos
 
 
 def _source_key(source: str | None) -> tuple:
@@ -219,7 +221,7 @@ def _source_key(source: str | None) -> tuple:
     return ("unknown", source)  # load_text will raise
 
 
-def _token_stream(tokenizer: PreTrainedTokenizerBase, source: str | None) -> torch.Tensor:
+def token_stream(tokenizer: PreTrainedTokenizerBase, source: str | None) -> torch.Tensor:
     """Whole-corpus token ids (1-D int64), LRU-cached per (tokenizer, source) within the process.
 
     The key uses the tokenizer's ``name_or_path`` plus its size and special ids, so two different

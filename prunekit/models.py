@@ -85,7 +85,7 @@ def load(
         ValueError: the name is neither a known alias nor an existing directory.
         ImportError: a known model's weight package is not installed.
     """
-    canonical = _resolve_alias(name_or_path)
+    canonical = resolve_alias(name_or_path)
     if canonical is not None:
         model, tokenizer = _load_gguf_source(_SOURCES[canonical], canonical)
         if dtype != torch.float32:
@@ -99,7 +99,7 @@ def load(
             f"Unknown model {name_or_path!r}: it is neither a known model name ({known}) "
             "nor an existing local Hugging Face model directory."
         )
-    from .saving import from_pretrained, is_prunekit_dir
+    from .io import from_pretrained, is_prunekit_dir
 
     if is_prunekit_dir(path):  # per-layer sizes a plain loader cannot build
         model = from_pretrained(path, torch_dtype=dtype)
@@ -115,7 +115,7 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "prunekit"
 
 
-def _resolve_alias(name: str) -> str | None:
+def resolve_alias(name: str) -> str | None:
     """Canonical model name for an alias, or None if ``name`` is not an alias."""
     return KNOWN_MODELS.get(name.strip().lower())
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import prunekit
-from prunekit.core import distributed
-from prunekit.core.scorers import SCORERS
-from prunekit.core.scorers.base import Scorer
+from prunekit.engine import distributed
+from prunekit.methods.scorers import SCORERS
+from prunekit.methods.scorers.base import Scorer
 
 
 def main(model_dir: str, ids_file: str, out: str, methods: list[str]) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prunekit
-from prunekit.core.select import nm_mask, unstructured_mask
+from prunekit.methods.select import nm_mask, unstructured_mask
 
 
 def _linear_weights(model) -> dict[str, torch.Tensor]:
@@ -79,7 +79,7 @@ def test_nm_mask_prunes_the_n_lowest_of_every_block(rows, blocks, n_m, data):
     n, m = n_m
     values = data.draw(st.lists(st.integers(-3, 3), min_size=rows * blocks * m, max_size=rows * blocks * m))
     scores = torch.tensor(values, dtype=torch.float32).reshape(rows, blocks * m)
-    mask = nm_mask(scores, prunekit.core.select.NM(n, m))
+    mask = nm_mask(scores, prunekit.methods.select.NM(n, m))
     grid_s = scores.reshape(rows, blocks, m)
     grid_m = mask.reshape(rows, blocks, m)
     assert bool((grid_m.sum(-1) == n).all())
@@ -217,7 +217,7 @@ def test_unmappable_op_names_op_and_module_and_leaves_model_unchanged(tiny):
 
 
 def test_adapter_can_declare_an_opaque_module(tiny):
-    from prunekit.adapters.llama import LlamaAdapter
+    from prunekit.families.llama import LlamaAdapter
 
     class FourierLlama(LlamaAdapter):
         opaque_modules = {"*.layers.1.mlp.act_fn": "an FFT mixer: channels cannot be tracked through it"}

@@ -11,7 +11,7 @@ from prunekit.data import calibration_ids, default_text, eval_windows, load_text
 
 
 def _stream(tokenizer, source=None) -> torch.Tensor:
-    return data._token_stream(tokenizer, source)
+    return data.token_stream(tokenizer, source)
 
 
 def test_default_text_is_the_sorted_pydoc_topics() -> None:
@@ -49,14 +49,14 @@ def test_shapes_dtype_and_bos(byte_tokenizer) -> None:
 def test_no_bos_tokenizer_uses_all_positions_for_text() -> None:
     tokenizer = make_byte_tokenizer(with_bos=False)
     stream = _stream(tokenizer)
-    split = data._split_point(len(stream), 0.8)
+    split = data.split_point(len(stream), 0.8)
     evals = eval_windows(tokenizer, seq_len=10, max_windows=3)
     assert torch.equal(evals, stream[split : split + 30].view(3, 10))
 
 
 def test_windows_are_slices_of_the_token_stream(byte_tokenizer) -> None:
     stream = _stream(byte_tokenizer)
-    split = data._split_point(len(stream), 0.8)
+    split = data.split_point(len(stream), 0.8)
     evals = eval_windows(byte_tokenizer, seq_len=9, max_windows=4)
     # Consecutive, non-overlapping, starting right at the split: BOS + 8 text tokens each.
     assert torch.equal(evals[:, 1:].reshape(-1), stream[split : split + 32])
@@ -70,10 +70,10 @@ def test_windows_are_slices_of_the_token_stream(byte_tokenizer) -> None:
 def test_calibration_never_overlaps_evaluation(byte_tokenizer) -> None:
     n_tokens = len(_stream(byte_tokenizer))
     for fraction in (0.8, 0.5, 0.95):
-        split = data._split_point(n_tokens, fraction)
+        split = data.split_point(n_tokens, fraction)
         text_len = 63
         calib_starts = data._calibration_starts(split, text_len, n_samples=2000, seed=0)
-        eval_starts = data._eval_starts(split, n_tokens, text_len, max_windows=None)
+        eval_starts = data.eval_starts(split, n_tokens, text_len, max_windows=None)
         assert int(calib_starts.min()) >= 0
         assert int((calib_starts + text_len).max()) <= split  # last calibration token < split
         assert int(eval_starts.min()) == split

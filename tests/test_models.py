@@ -25,7 +25,7 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor = PROMPT_IDS) -> torch.Ten
 
 @pytest.mark.parametrize("alias", ["smollm2-135m", "smollm2", "SmolLM2-135M-Instruct", " SMOLLM2 "])
 def test_aliases_resolve_to_smollm2(alias: str) -> None:
-    assert models._resolve_alias(alias) == "smollm2-135m"
+    assert models.resolve_alias(alias) == "smollm2-135m"
 
 
 def test_every_alias_has_a_source() -> None:

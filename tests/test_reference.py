@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from prunekit.cli import main
 from prunekit.data import default_text, eval_windows
 from prunekit.eval import perplexity
-from prunekit.reference import ARCHS, load_corpus, parameter_counts, train_reference, train_tokenizer
-from prunekit.reference.fast_scan import _LinearRecurrence, linear_mamba_scan
-from prunekit.reference.train import _data_order
+from prunekit.refmodels import ARCHS, load_corpus, parameter_counts, train_reference, train_tokenizer
+from prunekit.refmodels.fast_scan import _LinearRecurrence, linear_mamba_scan
+from prunekit.refmodels.train import _data_order
 
 SEQ = 32
 MICRO = dict(size="micro", seq_len=SEQ, batch_size=4, eval_windows=4, progress=False)
@@ -152,7 +152,7 @@ def test_tokenizer_training_is_deterministic(corpus_file):
 def test_linear_scan_matches_transformers_scan():
     from transformers import AutoModelForCausalLM
 
-    from prunekit.reference.configs import reference_config
+    from prunekit.refmodels.configs import reference_config
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(reference_config("mamba", 50, "micro")).train()
@@ -237,7 +237,7 @@ def test_tokenizer_dir_for_another_corpus_is_refused(tmp_path, corpus_file):
 
 def test_tokenizer_written_by_a_parallel_run_is_reused(tmp_path, corpus_file, monkeypatch):
     """Two runs training the shared tokenizer at once: the loser of the rename loads the winner's files."""
-    from prunekit.reference import tokenizer as tok_module
+    from prunekit.refmodels import tokenizer as tok_module
 
     text = load_corpus(corpus_file).tokenizer_text()
     target = tmp_path / "tok"

@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny_llama
 
 import prunekit
-from prunekit.core.refit import refit
+from prunekit.methods.refit import refit
 
 
 def test_refit_is_the_least_squares_solution_over_the_kept_inputs():

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 import prunekit
-from prunekit.saving import MASKS_FILE, SPARSITY_FILE, CheckpointError, from_pretrained, load_masks
+from prunekit.io import MASKS_FILE, SPARSITY_FILE, CheckpointError, from_pretrained, load_masks
 
 FAMILIES = {"llama": make_tiny_llama, "mamba": make_tiny_mamba, "mamba2": make_tiny_mamba2}
 

@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import prunekit
-from prunekit.big import prune_offloaded
-from prunekit.core.stats import StatsCollector
+from prunekit.engine.offload import prune_offloaded
+from prunekit.engine.stats import StatsCollector
 from prunekit.io.format import CheckpointError
 from prunekit.io.load import load_masks
-from prunekit.reference.configs import reference_config
+from prunekit.refmodels.configs import reference_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def _saved(tmp: Path, arch: str, seed: int, dtype=torch.float32) -> tuple[torch.
 
 
 # Every family x method pair runs in CI (the Mamba x SparseGPT pair once differed in the last bit while
-# the other pairs agreed: see _set_param in prunekit.big.offload); hypothesis varies the rest.
+# the other pairs agreed: see _set_param in prunekit.engine.offload); hypothesis varies the rest.
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 @pytest.mark.parametrize("arch", ["llama", "mamba", "mamba2"])
 @settings(
@@ -82,7 +82,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from safetensors.torch import load_file
-    from prunekit.big import prune_offloaded
+    from prunekit.engine.offload import prune_offloaded
 
     torch.set_num_threads(1)
     src, out, ids_file = sys.argv[1:4]
@@ -153,7 +153,7 @@ def test_offload_refuses_what_it_cannot_do(tmp_path):
 def test_offload_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     _model, src = _saved(tmp_path, "llama", 1)
     calls = {"n": 0}
-    from prunekit.core.scorers.wanda import Wanda
+    from prunekit.methods.scorers.wanda import Wanda
 
     original = Wanda.prune_matrix
 
@@ -240,7 +240,7 @@ def test_cli_offload_and_torchrun_module_launch(tmp_path):
 
     from prunekit.cli import main
     from prunekit.data import default_text
-    from prunekit.reference import load_corpus, train_tokenizer
+    from prunekit.refmodels import load_corpus, train_tokenizer
 
     _model, src = _saved(tmp_path, "llama", 5)
     tokenizer: PreTrainedTokenizerFast = train_tokenizer(load_corpus(None).tokenizer_text()[:40_000], 300)

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_llama
 
 import prunekit
-from prunekit.core.budgets import logistic_ratios
+from prunekit.methods.budgets import logistic_ratios
 
 
 def _calib():

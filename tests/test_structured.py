@@ -9,8 +9,8 @@ import torch
 from conftest import make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
 
 import prunekit
-from prunekit.core.budgets import global_drops
-from prunekit.core.structured import consumers
+from prunekit.engine.structured import consumers
+from prunekit.methods.budgets import global_drops
 
 
 def _ids(n=8, length=16, seed=0):
@@ -106,7 +106,7 @@ def test_flap_unit_scores_follow_the_weighted_fluctuation():
     x = _inputs_of(model, consumer.module, ids)
     w = model.get_parameter(consumer.param)
     expected = x.var(0, unbiased=False) * (w * w).sum(0)
-    from prunekit.core.scorers import get_scorer
+    from prunekit.methods.scorers import get_scorer
 
     stats = {consumer.module: {"mean": x.mean(0), "var": x.var(0, unbiased=False)}}
     got = get_scorer("flap").unit_scores(group, {p: model.get_parameter(p) for p in group.params}, stats)

@@ -31,8 +31,8 @@ from transformers import (
 )
 
 import prunekit
-from prunekit.adapters import get_adapter
-from prunekit.core.select import budget
+from prunekit.families import get_adapter
+from prunekit.methods.select import budget
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = ("llama", "mistral", "qwen2", "mamba", "mamba2")
@@ -137,7 +137,7 @@ def test_removed_share_never_exceeds_the_request_by_more_than_a_unit(family, dat
 
 
 def _key(group) -> str:
-    from prunekit.core.report import short_layer_name
+    from prunekit.engine.report import short_layer_name
 
     return f"{short_layer_name(group.name) or group.role} ({group.role})"
 

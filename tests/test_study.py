@@ -19,15 +19,15 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, DistilBertConfig
 
 import prunekit
-from prunekit.adapters import get_adapter
 from prunekit.cli import main
-from prunekit.core.select import budget
-from prunekit.core.targets import matches
 from prunekit.data import default_text
-from prunekit.reference import ARCHS, load_corpus, train_reference, train_tokenizer
-from prunekit.reference.configs import reference_config
-from prunekit.study import figures, prune_component, read_csv, study
-from prunekit.study.texts import shuffle_words
+from prunekit.engine.targets import matches
+from prunekit.experiments.study import figures, prune_component, read_csv, study
+from prunekit.experiments.study.texts import shuffle_words
+from prunekit.families import get_adapter
+from prunekit.methods.select import budget
+from prunekit.refmodels import ARCHS, load_corpus, train_reference, train_tokenizer
+from prunekit.refmodels.configs import reference_config
 
 SEQ = 32
 METHODS = ["magnitude", "wanda", "flap"]
@@ -188,7 +188,7 @@ def _no_loading(monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("weights were loaded before the inputs were checked")
 
-    monkeypatch.setattr("prunekit.study.run._load", refuse)
+    monkeypatch.setattr("prunekit.experiments.study.run._load", refuse)
 
 
 def test_directory_that_is_not_a_causal_lm(tmp_path, model_dirs, monkeypatch):

@@ -14,7 +14,7 @@ decision from the traced groups. The properties:
 5. bad decisions raise :class:`prunekit.SurgeryError` and leave the model bit-identical.
 
 Attention decisions include uneven query heads per KV group (indexed attention, see
-:mod:`prunekit.adapters.kv_index`). The runs are reproducible under the "ci" profile. Each test runs 8
+:mod:`prunekit.families.kv_index`). The runs are reproducible under the "ci" profile. Each test runs 8
 examples per family; the whole file takes about 2.5 minutes on 2 CPU cores, nearly all of it in
 ``prunekit.trace``.
 """
@@ -34,8 +34,8 @@ from hypothesis.strategies import DataObject
 
 import prunekit
 from prunekit import SurgeryError
-from prunekit.adapters import get_adapter
-from prunekit.core.surgery import check_units
+from prunekit.engine.surgery import check_units
+from prunekit.families import get_adapter
 
 FAMILIES = ("llama", "mistral", "qwen2", "mamba", "mamba2")
 ATOL = RTOL = 1e-4

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prunekit
-from prunekit.core.allocation import owl_sparsities
-from prunekit.core.calibration import run_blockwise
-from prunekit.core.gradients import gradient_norms
-from prunekit.core.scorers import get_scorer
-from prunekit.core.select import NM, Selection
+from prunekit.engine.calibration import run_blockwise
+from prunekit.engine.gradients import gradient_norms
+from prunekit.methods.allocation import owl_sparsities
+from prunekit.methods.scorers import get_scorer
+from prunekit.methods.select import NM, Selection
 
 METHODS = ["magnitude", "wanda", "sparsegpt", "gblm"]
 

@@ -14,7 +14,7 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 
 from prunekit.cli import main
-from prunekit.zeroshot import evaluate_task, evaluate_tasks, load_task
+from prunekit.eval.zeroshot import evaluate_task, evaluate_tasks, load_task
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "zeroshot" / "python_facts.jsonl"
 
@@ -216,7 +216,7 @@ def test_cli_zeroshot(tmp_path, task_file, capsys):
 
 
 def test_lm_eval_bridge_says_how_to_install_when_missing(monkeypatch):
-    from prunekit.lm_eval_bridge import evaluate_lm_eval
+    from prunekit.eval.lm_eval import evaluate_lm_eval
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` raise ImportError
     with pytest.raises(ImportError, match=r'pip install "prunekit\[eval\]"'):
@@ -225,7 +225,7 @@ def test_lm_eval_bridge_says_how_to_install_when_missing(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval not installed")
 def test_lm_eval_bridge_agrees_with_the_builtin_scorer_on_a_local_task(tmp_path, task_file):
-    from prunekit.lm_eval_bridge import evaluate_lm_eval
+    from prunekit.eval.lm_eval import evaluate_lm_eval
 
     # without BOS both scorers condition on exactly the context's tokens, so contexts must be
     # non-empty; ASCII only, as the harness normalises by bytes and prunekit by characters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import networkx as nx
 import torch
@@ -10,6 +11,16 @@ import torch
 from .build import build_groups
 from .groups import Group
 from .tracer import export_model, propagate
+
+
+class GroupLabeler(Protocol):
+    """What tracing asks of a family adapter (:mod:`prunekit.families`)."""
+
+    opaque_modules: dict[str, str]
+
+    def role(self, group: Group, model: torch.nn.Module) -> str: ...
+
+    def rejects(self, group: Group, model: torch.nn.Module) -> str | None: ...
 
 
 @dataclass
@@ -41,28 +52,29 @@ class DependencyGraph:
 
 
 def trace(
-    model: torch.nn.Module, example_inputs: torch.Tensor | None = None, adapter=None
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | None = None,
+    adapter: GroupLabeler | None = None,
 ) -> DependencyGraph:
     """Export ``model`` and find every group of channels that must be pruned together.
 
-    ``example_inputs`` is a small LongTensor of token ids (default: 5 tokens). The adapter (looked up
-    from the model's config when not given) names the groups' roles, rejects groups the model's code
-    cannot shrink along, and may declare opaque modules.
+    ``example_inputs`` is a small LongTensor of token ids (default: 5 tokens). ``adapter`` (a family
+    adapter, see :class:`GroupLabeler`) names the groups' roles, rejects groups the model's code cannot
+    shrink along, and may declare opaque modules; without one every group is kept, without a role. The
+    graph knows no family: :func:`prunekit.trace` looks the adapter up from the model's config.
     """
     import time
 
-    from ..adapters import get_adapter
-
     t0 = time.perf_counter()
-    adapter = adapter or get_adapter(model)
     exported = export_model(model, example_inputs)
-    aliases = _aliases(model)
-    state = propagate(exported, opaque_modules=adapter.opaque_modules, aliases=aliases)
+    aliases = graph_aliases(model)
+    opaque = adapter.opaque_modules if adapter is not None else {}
+    state = propagate(exported, opaque_modules=opaque, aliases=aliases)
     groups, pinned = build_groups(state)
     accepted, rejected = [], [(g, f"pinned: {why}") for g, why in pinned]
     for g in groups:
-        g.role = adapter.role(g, model)
-        why = adapter.rejects(g, model)
+        g.role = adapter.role(g, model) if adapter is not None else ""
+        why = adapter.rejects(g, model) if adapter is not None else None
         if why:
             rejected.append((g, why))
         else:
@@ -71,7 +83,8 @@ def trace(
     return DependencyGraph(accepted, state.graph, rejected, time.perf_counter() - t0, shapes, aliases)
 
 
-def _aliases(model: torch.nn.Module) -> dict[str, str]:
+def graph_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Tied parameter name -> the first name the same tensor has (the one members use)."""
     seen: dict[int, str] = {}
     out: dict[str, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):

@@ -16,6 +16,7 @@ def mask_shard(k: int, n: int) -> str:
     """File name of the ``k``-th of ``n`` mask shards (matches :data:`MASK_SHARDS`)."""
     return f"prunekit_masks-{k:05d}-of-{n:05d}.safetensors"
 
+
 #: config attributes prunekit keeps on live models; saved inside the section instead of top-level
 LIVE_KEYS = ("prunekit_layers", "prunekit_added_biases", "prunekit_records", "prunekit_base_fields")
 

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from ..adapters import get_adapter
+from ..families import get_adapter
 from .format import FORMAT, LIVE_KEYS, MASK_SHARDS, MASKS_FILE, SECTION, CheckpointError
 
 __all__ = ["from_pretrained", "is_prunekit_dir", "load_masks", "module_named"]
@@ -125,7 +125,7 @@ def module_named(model, name: str, what: str) -> torch.nn.Module:
     return mod
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -149,7 +149,7 @@ def _load_strict(model: torch.nn.Module, path: Path) -> None:
     owner = {name: key for key, names in aliases.items() for name in names}
 
     where: dict[str, tuple[Path, list[int]]] = {}
-    for file in _weight_files(path):
+    for file in weight_files(path):
         with safe_open(str(file), "pt") as f:
             for key in f.keys():
                 where[key] = (file, list(f.get_slice(key).get_shape()))

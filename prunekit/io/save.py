@@ -6,19 +6,28 @@ import contextlib
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import transformers
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from ..adapters import get_adapter
-from ..core.report import PruneReport
+from ..families import get_adapter
 from .format import FORMAT, LIVE_KEYS, MASKS_FILE, REPORT_FILE, SECTION, SPARSITY_FILE
 from .load import module_named
 
 __all__ = ["save_pretrained"]
+
+
+@runtime_checkable
+class PruneReport(Protocol):
+    """What saving reads of a :class:`prunekit.engine.report.PruneReport` (io sits below the engine)."""
+
+    structure: str
+    masks: dict
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 def save_pretrained(
@@ -184,7 +193,7 @@ def _stamp(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 

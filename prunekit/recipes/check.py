@@ -13,12 +13,12 @@ import math
 
 import torch
 
-from ..adapters import get_adapter
-from ..core.budgets import logistic_ratios
-from ..core.scorers import SCORERS
-from ..core.select import NM, parse_structure
-from ..core.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
-from ..core.unstructured import ACTIVATION_STATS
+from ..engine.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
+from ..engine.unstructured import ACTIVATION_STATS
+from ..families import get_adapter
+from ..methods.budgets import logistic_ratios
+from ..methods.scorers import SCORERS
+from ..methods.select import NM, parse_structure
 from .nodes import RecipeError
 from .schema import Recipe, Stage
 
@@ -40,7 +40,7 @@ def check_recipe(model: torch.nn.Module, recipe: Recipe) -> None:
         fail = _failer(recipe, stage)
         if stage.kind == "structured":
             if graph is None:
-                from ..graph import trace
+                from ..api import trace
 
                 graph = trace(model, adapter=adapter)
             groups = _resolve_groups(graph, adapter, stage, fail)
@@ -118,7 +118,7 @@ def _row_steps(model: torch.nn.Module, groups, round_to: int) -> dict[str, tuple
 
     Only members along a dimension >= 1 shorten rows (of the weight's 2-D view); removing output
     rows leaves them as they are. ``round_to`` keeps a multiple of that many units in channel groups
-    only (as :func:`prunekit.core.structured.round_kept` does); heads go one by one.
+    only (as :func:`prunekit.engine.structured.round_kept` does); heads go one by one.
     """
     params = dict(model.named_parameters())
     steps: dict[str, tuple[int, bool]] = {}

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from ..api import prune, validate_calibration
-from ..core.report import PruneReport
+from ..api import prune
+from ..engine.report import PruneReport
+from ..spec import validate_calibration
 from .check import check_recipe
 from .schema import Recipe, Stage, load_recipe
 

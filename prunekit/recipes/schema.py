@@ -15,10 +15,11 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from ..api import OPTION_SCOPE, PRUNER_OPTIONS, default_structure
-from ..core.scorers import SCORERS, get_scorer
-from ..core.select import NM, parse_structure
+from ..api import OPTION_SCOPE, PRUNER_OPTIONS
+from ..methods.scorers import SCORERS, get_scorer
+from ..methods.select import NM, parse_structure
 from ..models import KNOWN_MODELS
+from ..spec import default_structure
 from .nodes import Ctx, RecipeError, compose, integer, line_of, mapping, number, sequence, string, value
 
 TOP_KEYS = ("model", "calibration", "stages")

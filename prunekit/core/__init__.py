@@ -1,1 +1,0 @@
-"""Scores, selection, surgery and reports: everything after the trace."""

@@ -1,0 +1,494 @@
+"""Structured pruning: score every unit of every targeted group, decide how many go where, remove them.
+
+Calibrated scorers read the statistics of a group's *consumers*: the modules whose input dimension the
+group occupies (``o_proj``/``down_proj``/Mamba's ``out_proj`` and ``x_proj``). Two calibration modes:
+
+- ``"dense"`` (FLAP's code): one block-wise pass over the dense model gathers every block's statistics
+  before any block is cut; the only mode for the global search, which compares all blocks at once.
+- ``"sequential"`` (Wanda-sp's code): each block is scored on the outputs of the blocks already pruned
+  before it, pruned (soft zeros and compensation, so its outputs are those of the pruned block), and
+  its outputs recomputed for the next; hard removal follows at the end. A failure on the way puts every
+  weight back.
+
+How many units each group loses is the search (:mod:`.budgets`). Bias compensation adds
+W[:, removed] · E[x_removed] to every consumer's bias (creating the bias when the layer has none), so the
+expected output of each shrunk layer is unchanged on calibration data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..graph.groups import Group
+from ..methods.budgets import (
+    global_drops,
+    logistic_ratios,
+    per_layer_ratios,
+    ratio_drops,
+    round_kept,
+    shortfall_notes,
+)
+from ..methods.refit import refit
+from .calibration import run_blockwise
+from .gradients import gradient_sums
+from .snapshot import Snapshot
+from .surgery import dropped_outer, member_positions, remove, soft_zero, validate
+
+STRUCTURES = ("uniform", "global", "logistic", "per-layer")
+
+
+@dataclass
+class StructuredPlan:
+    decision: list[tuple[Group, torch.Tensor]] = field(default_factory=list)
+    #: consumer module name -> bias delta to add (before removal)
+    bias_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: consumer weight name -> refitted weight (``refit=True``), written before removal
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: groups that lost fewer units than asked, and why (family constraints, at least one unit kept)
+    notes: list[str] = field(default_factory=list)
+    #: sequential calibration already wrote the biases and soft zeros; only hard removal is left
+    written: bool = False
+    #: the weights before a written plan, to put back if its removal fails
+    snapshot: Snapshot | None = None
+    #: where the statistics came from: "dense" or "sequential"
+    calibration_mode: str = "dense"
+
+
+def consumers(group: Group) -> list:
+    """Members on the consuming side: input columns of the layers that read the group's channels."""
+    return [m for m in group.members if m.side == "in" and m.dim == 1 and m.attr == "weight"]
+
+
+def consumer_stats(model, blocks, groups, needs, calibration, batch_size, progress, taps=None) -> dict:
+    """Input statistics of every consumer module of ``groups``, from one dense block-wise pass."""
+    if not needs:
+        return {}
+    names = {m.module for g in groups for m in consumers(g)}
+    modules = dict(model.named_modules())
+    block_names = {id(b): n for n, b in model.named_modules()}
+    per_block = []
+    for b in blocks:
+        prefix = block_names[id(b)] + "."
+        per_block.append({n: modules[n] for n in names if n.startswith(prefix)})
+    stats: dict[str, dict] = {}
+
+    def keep(_index, _block, block_stats):
+        stats.update(block_stats)
+
+    run_blockwise(
+        model,
+        blocks,
+        calibration,
+        per_block,
+        needs,
+        keep,
+        mode="dense",
+        batch_size=batch_size,
+        progress=progress,
+        desc="structured statistics",
+        taps=taps,
+    )
+    return stats
+
+
+def primary_consumers(graph) -> set[str]:
+    """Modules that write the residual stream (o_proj, down_proj, out_proj): FLAP's output projections."""
+    everything = list(graph.groups) + [g for g, _why in graph.rejected]
+    return {m.module for g in everything if g.role == "residual" for m in g.members if m.side == "out"}
+
+
+def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
+    """Parameters removed per unit of ``group``.
+
+    Under the ``"heads"`` GQA policy every KV group keeps at least one query head, so its key/value
+    rows never leave and do not count; under ``"groups"`` each query head carries its share of them.
+    """
+    total = 0.0
+    for m in group.members:
+        if m.per_outer and gqa == "heads" and group.num_outer != group.num_units:
+            continue
+        p = model.get_parameter(m.param)
+        other = p.numel() // p.shape[m.dim]
+        total += len(m.positions) * other
+    return total / group.num_units
+
+
+def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
+    """Bias deltas W[:, removed] @ mean(x[removed]) for every consumer with statistics."""
+    deltas: dict[str, torch.Tensor] = {}
+    for group, units in plan_decision:
+        for m in consumers(group):
+            if m.module not in stats or "mean" not in stats[m.module]:
+                continue
+            pos = member_positions(m, group, units)
+            if pos.numel() == 0:
+                continue
+            w = model.get_parameter(m.param).detach().float()
+            mean = stats[m.module]["mean"].reshape(-1).float()
+            delta = w[:, pos] @ mean[pos]
+            deltas[m.module] = deltas.get(m.module, 0) + delta
+    return deltas
+
+
+def refits(model, plan_decision, stats) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Least-squares refit of every consumer with statistics (:mod:`.refit`): new weights by parameter
+    name (removed columns zeroed) and the bias deltas that take each bias to its refitted value."""
+    removed: dict[str, list[torch.Tensor]] = {}
+    params: dict[str, str] = {}
+    for group, units in plan_decision:
+        for m in consumers(group):
+            if m.module in stats and "hessian" in stats[m.module]:
+                removed.setdefault(m.module, []).append(member_positions(m, group, units))
+                params[m.module] = m.param
+    weights, deltas = {}, {}
+    for module, positions in removed.items():
+        cut = torch.cat(positions)
+        if cut.numel() == 0:
+            continue
+        layer = model.get_submodule(module)
+        st = stats[module]
+        new_w, new_b = refit(layer.weight, getattr(layer, "bias", None), st["hessian"], st["mean"], cut)
+        weights[params[module]] = new_w.to(layer.weight.dtype)
+        old_b = getattr(layer, "bias", None)
+        deltas[module] = new_b - (0 if old_b is None else old_b.detach().double())
+    return weights, deltas
+
+
+@torch.no_grad()
+def write_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    for name, value in weights.items():
+        model.get_parameter(name).copy_(value)
+
+
+@torch.no_grad()
+def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
+    """Add each delta to its module's bias, creating a zero bias first where there is none."""
+    created = []
+    for name, delta in deltas.items():
+        mod = model.get_submodule(name)
+        if getattr(mod, "bias", None) is None:
+            mod.bias = torch.nn.Parameter(
+                torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype, device=mod.weight.device)
+            )
+            created.append(name)
+        mod.bias.add_(delta.to(mod.bias.dtype).to(mod.bias.device))
+    if created:
+        recorded = list(getattr(model.config, "prunekit_added_biases", []) or [])
+        model.config.prunekit_added_biases = sorted(set(recorded) | set(created))
+    return created
+
+
+def _score_groups(model, groups, scorer, stats, primary, grads=None, comparable=False) -> list[torch.Tensor]:
+    """Each group's unit scores from its primary consumers' statistics (``comparable``: on the scale the
+    global search shares across groups)."""
+    scores = []
+    for group in groups:
+        weights = {p: model.get_parameter(p) for p in group.params}
+        readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
+        group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
+        if grads:  # parameter gradients ride along as "grad.<attr>" of each member's module
+            for m in group.members:
+                module_stats = group_stats.setdefault(m.module, {})
+                group_stats[m.module] = {**module_stats, f"grad.{m.attr}": grads[m.param]}
+        if scorer.needs and not group_stats:
+            raise ValueError(
+                f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
+                "has no consuming layer inside the blocks"
+            )
+        score = scorer.comparable_unit_scores if comparable else scorer.unit_scores
+        scores.append(score(group, weights, group_stats))
+    return scores
+
+
+def _blend(per_task: dict[str, list[torch.Tensor]], weights: dict[str, float] | None) -> list[torch.Tensor]:
+    """Generic scores: each task's scores scaled to mean 1 within a group, then a weighted sum."""
+    tasks = list(per_task)
+    weights = weights or {t: 1.0 for t in tasks}
+    out = []
+    for i in range(len(per_task[tasks[0]])):
+        total = 0
+        for t in tasks:
+            s = per_task[t][i].double()
+            total = total + float(weights.get(t, 0.0)) * s / s.abs().mean().clamp_min(1e-30)
+        out.append(total)
+    return out
+
+
+def plan_structured(
+    model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
+) -> StructuredPlan:
+    """Score and decide: the removals and bias deltas to apply.
+
+    With dense statistics nothing is written; sequential calibration writes each block's soft zeros and
+    compensation as it goes (``plan.written``) and puts every weight back if anything fails.
+    ``calibration`` is token ids, or ``{task: ids}`` for task-specific pruning (SEAP): statistics are
+    gathered per task, and ``opts["task"]`` picks one task's scores, or (``None``) a blend of all tasks
+    weighted by ``opts["task_weights"]``.
+    """
+    structure = opts.get("structure_search") or "uniform"
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure_search must be one of {STRUCTURES}, got {structure!r}")
+    compensate = _compensation(scorer, opts)
+    if compensate and calibration is None:
+        what = "the least-squares refit" if compensate == "refit" else "bias compensation"
+        raise ValueError(f"{what} needs calibration data (or pass bias_compensation=False)")
+    _check_task(calibration, opts.get("task"))
+    groups, sparsity = spare_blocks(model, adapter, groups, sparsity, opts.get("dense_blocks"), structure)
+    needs = scorer.needs | {"mean": {"mean"}, "refit": {"mean", "hessian"}}.get(compensate, set())
+    mode = opts.get("calibration_mode") or default_calibration(groups, calibration, scorer, structure)
+    if mode == "sequential":
+        check_sequential(groups, calibration, scorer, structure)
+        ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
+        return _plan_sequential(
+            model, adapter, graph, groups, scorer, ratios, calibration, opts, needs, progress
+        )
+    scores, stats = _dense_scores(
+        model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress
+    )
+    drops, notes = decide(model, adapter, groups, scores, sparsity, structure, opts)
+    decision = validate(model, list(zip(groups, drops)), graph.param_shapes, adapter)
+    plan = StructuredPlan(decision, notes=notes, calibration_mode="dense")
+    if compensate == "refit":
+        plan.weights, plan.bias_deltas = refits(model, plan.decision, stats)
+    elif compensate:
+        plan.bias_deltas = compensation(model, plan.decision, stats)
+    return plan
+
+
+def _compensation(scorer, opts) -> str | None:
+    """None, "mean" (FLAP's bias compensation) or "refit" (least squares, :mod:`.refit`)."""
+    bias = opts.get("bias_compensation")
+    if opts.get("refit"):
+        if bias is False:
+            raise ValueError("refit=True refits the biases too: it cannot go with bias_compensation=False")
+        return "refit"
+    return "mean" if (scorer.compensates if bias is None else bias) else None
+
+
+def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, structure: str):
+    """Leave the first and last blocks dense and take the requested share of *all* targeted parameters
+    from the others (so 50 % still means half of the targeted weights). Returns the groups left and
+    the ratio that applies to them."""
+    if not dense_blocks:
+        return groups, sparsity
+    first, last = (dense_blocks, dense_blocks) if isinstance(dense_blocks, int) else tuple(dense_blocks)
+    if structure == "logistic":
+        raise ValueError("dense_blocks: the logistic schedule keeps its own first and last blocks dense")
+    if structure == "per-layer":
+        raise ValueError("dense_blocks: with layer_sparsity, give those blocks a ratio of 0 instead")
+    n = len(adapter.layers(model))
+    spared = set(range(first)) | set(range(n - last, n))
+    spanning = [g.name or g.role for g in groups if g.layer_index() is None]
+    if spanning:
+        raise ValueError(f"dense_blocks: groups {spanning[:3]} span every block and cannot be spared")
+    rest = [g for g in groups if g.layer_index() not in spared]
+    if not rest:
+        raise ValueError(f"dense_blocks={dense_blocks!r} leaves none of the {n} blocks to prune")
+    size = {id(g): g.num_units * per_unit_sizes(model, g, "groups") for g in groups}
+    ratio = sparsity * sum(size.values()) / sum(size[id(g)] for g in rest)
+    if ratio >= 1:
+        raise ValueError(
+            f"sparsity {sparsity} of the targeted weights cannot come from the {n - len(spared)} blocks "
+            f"left after dense_blocks={dense_blocks!r} ({ratio:.2f} of them)"
+        )
+    return rest, ratio
+
+
+def default_calibration(groups, calibration, scorer, structure: str) -> str:
+    """The method's own choice (the reference code's: FLAP dense, Wanda-sp sequential), or dense where
+    sequential statistics cannot serve the call."""
+    if scorer.structured_calibration != "sequential" or not scorer.needs:
+        return "dense"
+    try:
+        check_sequential(groups, calibration, scorer, structure)
+    except ValueError:
+        return "dense"
+    return "sequential"
+
+
+def check_sequential(groups, calibration, scorer, structure: str) -> None:
+    """Why sequential statistics cannot serve this call, as an error (nothing is touched yet)."""
+    if structure == "global":
+        raise ValueError(
+            "structure_search='global' compares every block before any is cut: it needs "
+            "calibration_mode='dense'"
+        )
+    if isinstance(calibration, dict):
+        raise ValueError("task-specific calibration ({task: data}) needs calibration_mode='dense'")
+    if "param_grad" in scorer.needs:
+        raise ValueError(
+            f"method {scorer.name!r} scores with full-model gradients, not block by block: "
+            "calibration_mode='dense'"
+        )
+    outside = [g.name or g.role for g in groups if g.layer_index() is None]
+    if outside:
+        raise ValueError(
+            f"sequential calibration prunes block by block; groups {outside[:3]} span several blocks: "
+            "use calibration_mode='dense' or leave them out"
+        )
+
+
+def _check_task(calibration, task) -> None:
+    if isinstance(calibration, dict):
+        if task is not None and task not in calibration:
+            raise ValueError(f"task {task!r} is not in the calibration dict (tasks: {sorted(calibration)})")
+    elif task is not None:
+        raise ValueError("task= needs calibration given as a dict {task: texts or token ids}")
+
+
+def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress):
+    """Scores (comparable across groups for the global search) and consumer statistics, per task."""
+    wants_grads = "param_grad" in needs
+    needs = needs - {"param_grad"}
+    blocks = adapter.layers(model)
+    taps = adapter.stat_taps(model)
+    primary = primary_consumers(graph)
+    comparable = structure == "global"
+    sources = calibration if isinstance(calibration, dict) else {None: calibration}
+    stats_by, scores_by = {}, {}
+    for name, ids in sources.items():
+        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], progress, taps)
+        grads = None
+        if wants_grads:
+            params = {p: model.get_parameter(p) for g in groups for p in g.params}
+            grads = gradient_sums(model, ids, params, progress=progress)
+        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, grads, comparable)
+    if isinstance(calibration, dict) and opts.get("task") is None:
+        return _blend(scores_by, opts.get("task_weights")), _pooled(stats_by)
+    key = opts.get("task") if isinstance(calibration, dict) else None
+    return scores_by[key], stats_by[key]
+
+
+def group_ratios(groups, sparsity: float, structure: str, opts, n_blocks: int) -> list[float]:
+    """The ratio each group's budget is taken from (every search but the global one)."""
+    if structure == "logistic":
+        return logistic_ratios(groups, sparsity, **opts.get("logistic", {}))
+    if structure == "per-layer":
+        return per_layer_ratios(groups, sparsity, opts["layer_sparsity"], n_blocks)
+    return [sparsity for _ in groups]
+
+
+def decide(model, adapter, groups, scores, sparsity, structure, opts, ratios=None):
+    """Units to drop per group, and notes on every group that lost fewer units than asked."""
+    gqa = opts["gqa"]
+    uneven = [adapter.runs_uneven_groups(model, g) for g in groups]
+    notes: list[str] = []
+    if structure == "global":
+        sizes = [per_unit_sizes(model, g, gqa) for g in groups]
+        full = [per_unit_sizes(model, g, "groups") for g in groups]
+        total = sum(g.num_units * f for g, f in zip(groups, full))
+        kv = [(f - s) * g.units_per_outer if gqa == "heads" else 0.0 for g, f, s in zip(groups, full, sizes)]
+        drops = global_drops(groups, scores, sizes, sparsity, gqa, total, uneven, kv)
+    else:
+        if ratios is None:
+            ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
+        drops = ratio_drops(groups, scores, ratios, gqa, uneven, strict=structure == "per-layer")
+        notes = shortfall_notes(groups, drops, ratios, gqa, uneven, adapter.name)
+    round_to = int(opts.get("round_to", 1))
+    if round_to > 1:
+        drops = [round_kept(g, s, d, round_to) for g, s, d in zip(groups, scores, drops)]
+    return drops, notes
+
+
+def _plan_sequential(
+    model, adapter, graph, groups, scorer, ratios, calibration, opts, needs, progress=False
+) -> StructuredPlan:
+    """Block by block: score on the outputs of the pruned blocks before, soft-prune, pass on."""
+    blocks = adapter.layers(model)
+    structure = opts.get("structure_search") or "uniform"
+    block_of = [g.layer_index() for g in groups]  # check_sequential refused groups outside one block
+    primary = primary_consumers(graph)
+    compensate = _compensation(scorer, opts)
+    plan = StructuredPlan(written=True, calibration_mode="sequential")
+    snapshot = Snapshot(
+        model, [p for g in groups for p in g.params], [m.module for g in groups for m in consumers(g)]
+    )
+
+    def prune_block(index: int, _block, stats: dict) -> None:
+        mine = [i for i, b in enumerate(block_of) if b == index]
+        if not mine:
+            return
+        gs = [groups[i] for i in mine]
+        scores = _score_groups(model, gs, scorer, stats, primary)
+        drops, notes = decide(model, adapter, gs, scores, 0.0, structure, opts, [ratios[i] for i in mine])
+        decision = validate(model, list(zip(gs, drops)), graph.param_shapes, adapter)
+        weights, deltas = {}, {}
+        if compensate == "refit":
+            weights, deltas = refits(model, decision, stats)
+        elif compensate:
+            deltas = compensation(model, decision, stats)
+        write_weights(model, weights)
+        add_biases(model, deltas)
+        soft_zero(model, decision, shapes=graph.param_shapes)
+        plan.decision += decision
+        plan.bias_deltas.update(deltas)
+        plan.weights.update(weights)
+        plan.notes += notes
+
+    modules = dict(model.named_modules())
+    per_block: list[dict] = [{} for _ in blocks]
+    for group, b in zip(groups, block_of):
+        per_block[b].update({m.module: modules[m.module] for m in consumers(group)})
+    try:
+        run_blockwise(
+            model, blocks, calibration, per_block, needs, prune_block, mode="sequential",
+            batch_size=opts["batch_size"], progress=progress, desc="structured (sequential)",
+            taps=adapter.stat_taps(model),
+        )  # fmt: skip
+    except BaseException:
+        snapshot.restore()
+        raise
+    plan.snapshot = snapshot
+    return plan
+
+
+def _pooled(stats_by: dict) -> dict:
+    """Token-weighted mean of the per-task means (all compensation needs)."""
+    out: dict[str, dict] = {}
+    for stats in stats_by.values():
+        for module, st in stats.items():
+            if "mean" not in st:
+                continue
+            acc = out.setdefault(module, {"sum": 0, "n": 0})
+            acc["sum"] = acc["sum"] + st["mean"].double() * st["n_tokens"]
+            acc["n"] += st["n_tokens"]
+    return {m: {"mean": (a["sum"] / max(1, a["n"])).float()} for m, a in out.items()}
+
+
+def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:
+    """Write a validated plan: biases first (positions refer to traced shapes), then the removal.
+    A plan that sequential calibration already wrote as soft zeros only needs the removal."""
+    if not plan.written:
+        write_weights(model, plan.weights)
+        add_biases(model, plan.bias_deltas)
+        if mode != "hard":
+            soft_zero(model, plan.decision, shapes=graph.param_shapes)
+    if mode == "hard":
+        remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
+
+
+def prune_structured(
+    model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
+) -> StructuredPlan:
+    """Plan, then apply: nothing is written before every decision is validated."""
+    plan = plan_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
+    try:
+        apply_plan(model, adapter, graph, plan, opts["mode"])
+    except BaseException:
+        if plan.snapshot is not None:
+            plan.snapshot.restore()
+        raise
+    return plan
+
+
+__all__ = [
+    "STRUCTURES",
+    "StructuredPlan",
+    "apply_plan",
+    "check_sequential",
+    "plan_structured",
+    "prune_structured",
+    "dropped_outer",
+]

@@ -1,0 +1,125 @@
+"""The scorer interface and registry.
+
+A scorer turns weights (and, for calibration-based methods, activation statistics) into importance
+scores; higher means more important. It never sees model classes: the pruner hands it tensors and,
+for structured pruning, a :class:`~prunekit.graph.groups.Group` with the member weights. Choosing
+what to drop from the scores is the selector's job (:mod:`prunekit.methods.select`), so every scorer
+gets unstructured, N:M and structured selection for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ...graph.groups import Group
+
+SCORERS: dict[str, type[Scorer]] = {}
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer available to ``prunekit.prune(method=cls.name)``."""
+    if not cls.name or cls.name in SCORERS:
+        raise ValueError(f"scorer name {cls.name!r} is empty or already registered")
+    SCORERS[cls.name] = cls
+    return cls
+
+
+def get_scorer(name: str, **options) -> Scorer:
+    if name not in SCORERS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(SCORERS))}")
+    return SCORERS[name](**options)
+
+
+class Scorer:
+    """Base class. ``needs`` names the calibration statistics the scorer reads (empty: weights only)."""
+
+    name: str = ""
+    needs: frozenset[str] = frozenset()
+    #: which structures the scorer can rank for
+    structures: tuple[str, ...] = ("unstructured", "N:M", "structured")
+    #: structured pruning: "uniform" ratio per group or one "global" threshold (FLAP's AL-AM)
+    default_structure_search: str = "uniform"
+    #: structured pruning adds W[:, removed] · E[x_removed] to the consumers' biases by default
+    compensates: bool = False
+    #: structured statistics by default: of the dense model, or "sequential" after the pruned blocks
+    structured_calibration: str = "dense"
+    #: "matrix" compares all weights of a matrix, "row" each output row separately (unstructured)
+    default_granularity: str = "matrix"
+    #: option name -> default; unknown options are refused by ``prunekit.prune``
+    options: dict[str, object] = {}
+
+    def __init__(self, **options) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(
+                f"method {self.name!r} has no option(s) {sorted(unknown)}; known options: {known}"
+            )
+        self.config = {**self.options, **options}
+
+    def weight_scores(
+        self, weight: torch.Tensor, stats: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Importance of every entry of ``weight`` (same shape)."""
+        raise NotImplementedError(f"{self.name} does not score individual weights")
+
+    def prune_matrix(
+        self, weight: torch.Tensor, stats: Mapping[str, torch.Tensor], selection
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prune one 2-D weight: returns ``(new_weight, mask)`` with ``mask`` True where pruned.
+
+        The default zeroes the lowest :meth:`weight_scores` chosen by ``selection``
+        (:class:`~prunekit.methods.select.Selection`). Methods that also update the kept weights
+        (SparseGPT) override this.
+        """
+        mask = selection.mask(self.weight_scores(weight, stats))
+        return weight.masked_fill(mask, 0.0), mask
+
+    def unit_scores(
+        self,
+        group: Group,
+        weights: Mapping[str, torch.Tensor],
+        stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Importance of each of ``group.num_units`` units (float tensor of that length)."""
+        raise NotImplementedError(f"{self.name} does not score structured groups")
+
+    def comparable_unit_scores(
+        self,
+        group: Group,
+        weights: Mapping[str, torch.Tensor],
+        stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Unit scores on a scale shared by every group, for one threshold across groups (global search).
+
+        The default z-scores :meth:`unit_scores` within the group; scorers that see finer parts of a unit
+        (a head's channels) standardise those instead.
+        """
+        return zscore(self.unit_scores(group, weights, stats).double())
+
+
+def zscore(values: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std (unbiased, as FLAP's code); a constant or single value stays centred at 0."""
+    spread = values.std() if values.numel() > 1 else values.new_tensor(0.0)
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
+def unit_sum(group: Group, per_position: Mapping[tuple[str, int], torch.Tensor]) -> torch.Tensor:
+    """Sum per-position quantities into per-unit totals.
+
+    ``per_position[(param, dim)]`` holds one value per position along ``dim`` (the whole dim). Members
+    shared by the heads of one outer unit (a KV head) spread their value evenly over those heads, so a
+    KV group's score is the sum of its query heads' scores.
+    """
+    total = torch.zeros(group.num_units, dtype=torch.float64)
+    per = group.units_per_outer
+    for m in group.members:
+        values = per_position[(m.param, m.dim)].double().cpu()[m.positions]  # unit totals live on the CPU
+        if m.per_outer:
+            outer = torch.zeros(group.num_outer, dtype=torch.float64).index_add_(0, m.units, values)
+            total += outer.repeat_interleave(per) / per
+        else:
+            total.index_add_(0, m.units, values)
+    return total
