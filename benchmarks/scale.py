@@ -2,7 +2,7 @@
 
 Part 1 prunes the same random Llama checkpoint (fp32, saved as safetensors) two ways at two depths:
 *in memory* (load the whole model, ``prunekit.prune``, ``prunekit.save_pretrained``) and *offloaded*
-(``prunekit.engine.offload.prune_offloaded``: one block in memory, the result written shard by shard). Each run is
+(``prunekit.prune_offloaded``: one block in memory, the result written shard by shard). Each run is
 its own subprocess; peak RSS is the kernel's high-water mark (VmHWM) minus the RSS after imports, so it
 is what the pruning itself added. The offloaded peak should stay near one block whatever the depth.
 
@@ -40,7 +40,7 @@ def _worker(mode: str, src: str, out: str, method: str, calib: int, seq_len: int
     import torch
 
     import prunekit
-    from prunekit.engine.offload import prune_offloaded
+    from prunekit import prune_offloaded
 
     torch.set_num_threads(1)
     ids = torch.randint(0, 1024, (calib, seq_len), generator=torch.Generator().manual_seed(0))

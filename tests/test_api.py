@@ -62,10 +62,18 @@ def test_magnitude_per_row_leaves_exactly_half_zeros_in_every_row(tiny):
 
 
 def test_two_four_leaves_two_zeros_in_every_block_of_four(tiny):
-    prunekit.prune(tiny, method="magnitude", sparsity=0.0, structure="2:4")
+    report = prunekit.prune(tiny, method="magnitude", structure="2:4")
+    assert report.sparsity == 0.5  # N:M fixes the sparsity
     for name, w in _linear_weights(tiny).items():
         blocks = (w == 0).reshape(w.shape[0], -1, 4).sum(-1)
         assert bool((blocks == 2).all()), name
+
+
+def test_a_sparsity_that_contradicts_the_nm_pattern_is_refused(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    with pytest.raises(ValueError, match="1:4 fixes the sparsity at 0.25, got 0.5"):
+        prunekit.prune(tiny, method="magnitude", sparsity=0.5, structure="1:4")
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
 
 
 @settings(max_examples=examples(40), deadline=None)

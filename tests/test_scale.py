@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import prunekit
-from prunekit.engine.offload import prune_offloaded
+from prunekit import prune_offloaded
 from prunekit.engine.stats import StatsCollector
 from prunekit.io.format import CheckpointError
 from prunekit.io.load import load_masks
@@ -66,7 +66,7 @@ def test_offloaded_pruning_equals_in_memory(tmp_path_factory, arch, method, stru
         **calibrated,
     )  # fmt: skip
     result = prune_offloaded(
-        src, tmp / "out", method, 0.5, structure, ids, calibration_mode=mode, device="cpu", ignore=ignore
+        src, tmp / "out", method, 0.5, structure, ids, device="cpu", ignore=ignore, **calibrated
     )
     masks = load_masks(tmp / "out")
     assert masks.keys() == report.masks.keys()
@@ -82,7 +82,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from safetensors.torch import load_file
-    from prunekit.engine.offload import prune_offloaded
+    from prunekit import prune_offloaded
 
     torch.set_num_threads(1)
     src, out, ids_file = sys.argv[1:4]

@@ -187,7 +187,10 @@ def test_sequential_with_the_global_search_is_refused_before_anything_changes():
         ({"method": "wanda-sp", "granularity": "row"}, "granularity"),
         ({"method": "wanda", "structure": "unstructured", "gqa": "groups"}, "gqa"),
         ({"method": "wanda", "structure": "unstructured", "bias_compensation": True}, "bias_compensation"),
-        ({"method": "wanda", "structure": "2:4", "structure_search": "global"}, "structure_search"),
+        (
+            {"method": "wanda", "structure": "2:4", "sparsity": 0.5, "structure_search": "global"},
+            "structure_search",
+        ),
         ({"method": "wanda", "structure": "unstructured", "owl_lambda": 0.1}, "owl_lambda"),
         ({"method": "flap", "logistic": {"first": 1}}, "logistic"),
         ({"method": "magnitude-sp", "calibration_mode": "dense"}, "calibration_mode"),
@@ -199,7 +202,7 @@ def test_an_option_the_call_does_not_use_is_an_error_naming_it(kwargs, named):
     state = copy.deepcopy(model.state_dict())
     ids = torch.randint(3, 64, (2, 8))
     with pytest.raises(ValueError, match=named):
-        prunekit.prune(model, sparsity=0.3, calibration=ids, **kwargs)
+        prunekit.prune(model, calibration=ids, **{"sparsity": 0.3, **kwargs})
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 
 import prunekit
-from prunekit.api import default_structure
+from prunekit.spec import default_structure
 from prunekit.cli import main
 from prunekit.data import calibration_ids, eval_windows
 from prunekit.eval import js_divergence, perplexity
@@ -146,7 +146,7 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path, text_file, mon
         (["wanda", "nope"], [0.5], {}, "unknown method 'nope'"),
         (["wanda"], [0.5, 1.0], {}, r"sparsity must lie in \[0, 1\)"),
         (["wanda"], [-0.1], {}, r"sparsity must lie in \[0, 1\)"),
-        (["wanda"], ["0.5"], {}, "sparsities must be numbers"),
+        (["wanda"], ["0.5"], {}, "sparsity must be a number"),
         (["sparsegpt", "flap"], [0.5], {"structure": "structured"}, "sparsegpt.*does not support structured"),
         (["wanda"], [0.5], {"structure": "3:2"}, "N:M needs"),
         (["wanda", "magnitude"], [0.5], {"alpha_search": True}, "magnitude.*no option"),

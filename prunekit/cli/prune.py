@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
 from .common import add_model_argument
 from .common import device as parse_device
+from .spec_flags import add_option_flags, spec_from_args
 
 NAME = "prune"
 HELP = "prune a model and report per-layer sparsity and perplexity"
@@ -16,40 +18,14 @@ HELP = "prune a model and report per-layer sparsity and perplexity"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     p.add_argument("--method", default="magnitude")
-    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--sparsity", type=float, default=None, help="default 0.5 (N:M fixes it at N/M)")
     p.add_argument(
         "--structure", default=None, help="unstructured | structured | N:M (e.g. 2:4); default: the method's"
     )
-    p.add_argument("--granularity", choices=("matrix", "row"), default=None, help="default: the method's own")
-    p.add_argument("--gqa", choices=("heads", "groups"), default=None, help="structured (default: heads)")
-    p.add_argument("--mode", choices=("hard", "soft"), default=None, help="structured: remove or zero")
-    p.add_argument(
-        "--allocation", choices=("uniform", "owl"), default=None, help="unstructured: per-block sparsity"
-    )
-    p.add_argument(
-        "--structure-search",
-        choices=("uniform", "global", "logistic"),
-        default=None,
-        help="structured: same ratio per group, one global threshold, SEAP's layer schedule "
-        "(default: the method's)",
-    )
-    p.add_argument(
-        "--bias-compensation",
-        choices=("on", "off"),
-        default=None,
-        help="structured: fold removed channels' mean contribution into biases (default: the method's)",
-    )
-    p.add_argument(
-        "--calibration-mode",
-        choices=("sequential", "dense"),
-        default=None,
-        help="statistics after the pruned blocks, or of the dense model (default: the method's)",
-    )
     p.add_argument("--targets", nargs="*", default=None, help="names, suffixes or re: patterns (or roles)")
     p.add_argument("--ignore", nargs="*", default=None)
+    add_option_flags(p)
     p.add_argument("--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)")
-    p.add_argument("--calib-samples", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip perplexity before/after")
     p.add_argument("--out", default=None, help="directory to save the pruned model, tokenizer and report")
@@ -72,47 +48,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
     from .. import api, io, models
-    from ..data import calibration_ids, eval_windows
     from ..engine import distributed
     from ..eval import js_divergence, perplexity
 
+    spec = dataclasses.replace(spec_from_args(args), progress=True)  # every mistake before any loading
     device = parse_device(args.device)
     launched = distributed.init(device)
     if args.distributed and not launched:
         raise ValueError("--distributed needs a torchrun launch with more than one process (WORLD_SIZE > 1)")
     if args.offload:
-        return _prune_offloaded(args, device)
+        return _prune_offloaded(args, spec, device)
     main_rank = distributed.rank() == 0
     model, tok = models.load(args.model, dtype=getattr(torch, args.dtype))
     model.to(device)
-    calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
+    calibration = _calibration(tok, spec, args.text)
     windows = None
     if not args.no_eval and main_rank:
-        windows = eval_windows(tok, seq_len=args.seq_len, max_windows=args.eval_windows, source=args.text)
+        windows = _windows(tok, spec, args)
         dense_ppl = perplexity(model, windows, progress=True)
-        import copy
-
         dense = copy.deepcopy(model)  # kept for the JS divergence
-    report = api.prune(
-        model,
-        method=args.method,
-        sparsity=args.sparsity,
-        structure=args.structure,
-        calibration=calibration,
-        targets=args.targets,
-        ignore=args.ignore,
-        granularity=args.granularity,
-        allocation=args.allocation,
-        structure_search=args.structure_search,
-        bias_compensation=None if args.bias_compensation is None else args.bias_compensation == "on",
-        calibration_mode=args.calibration_mode,
-        gqa=args.gqa,
-        mode=args.mode,
-        progress=True,
-    )
+    report = api.prune_with_spec(model, spec, calibration)
     if not main_rank:
         return 0  # every rank holds the same pruned model; rank 0 reports and saves
     print(report)
@@ -133,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         calibration_source = {
             "calibration": args.text or "stdlib docs",
-            "calib_samples": args.calib_samples,
-            "seq_len": args.seq_len,
+            "calib_samples": spec.calibration.n_samples,
+            "seq_len": spec.calibration.seq_len,
         }
         io.save_pretrained(model, out, tokenizer=tok, record=calibration_source, report=report)
         (out / "prune_report.json").write_text(json.dumps(summary, indent=2))
@@ -142,9 +102,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune_offloaded(args, device) -> int:
-    from ..api import prune_offloaded
+def _calibration(tokenizer, spec, text: str | None):
     from ..data import calibration_ids
+
+    cal = spec.calibration
+    return calibration_ids(
+        tokenizer, n_samples=cal.n_samples, seq_len=cal.seq_len, seed=cal.seed, source=text
+    )
+
+
+def _windows(tokenizer, spec, args: argparse.Namespace):
+    from ..data import eval_windows
+
+    seq_len = spec.calibration.seq_len
+    return eval_windows(tokenizer, seq_len=seq_len, max_windows=args.eval_windows, source=args.text)
+
+
+def _prune_offloaded(args: argparse.Namespace, spec, device) -> int:
+    from ..engine import distributed
+    from ..engine.offload import offload_prune
 
     if not args.out:
         raise ValueError("--offload writes the pruned model shard by shard: it needs --out")
@@ -153,15 +129,7 @@ def _prune_offloaded(args, device) -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(Path(args.model).expanduser(), local_files_only=True)
-    calibration = calibration_ids(tok, n_samples=args.calib_samples, seq_len=args.seq_len, source=args.text)
-    result = prune_offloaded(
-        args.model, args.out, args.method, args.sparsity, args.structure, calibration,
-        targets=args.targets, ignore=args.ignore, device=device,
-        calibration_mode=args.calibration_mode or "sequential",
-        progress=True,
-    )  # fmt: skip
-    from ..engine import distributed
-
+    result = offload_prune(args.model, args.out, spec, _calibration(tok, spec, args.text), device=device)
     if distributed.rank() != 0:
         return 0
     print(

@@ -1,17 +1,18 @@
 """Pruning a model larger than memory: one block in memory at a time, the result written shard by shard.
 
-:func:`prune_offloaded` reads a safetensors checkpoint lazily (:class:`.checkpoint.LazyCheckpoint`),
-runs the ordinary block-wise calibration engine with a :class:`~prunekit.engine.calibration.BlockStream`
-that brings each block's weights in just before the block runs and, once it is pruned and its outputs
-computed, writes it to its own output shard and drops it. Peak memory is one block's weights, its
-statistics (a Hessian per layer for SparseGPT), the calibration activations and the layers outside the
-blocks (embeddings, final norm, LM head), whatever the depth. The pruned model is never assembled in
-memory: its shards, index, config and masks are written into a temporary sibling directory that is
-renamed into place only when everything succeeded, so a failure leaves no partial model behind.
+:func:`offload_prune` (:func:`prunekit.prune_offloaded`) reads a safetensors checkpoint lazily
+(:class:`prunekit.io.checkpoint.LazyCheckpoint`), runs the ordinary block-wise calibration engine with a
+:class:`~prunekit.engine.calibration.BlockStream` that brings each block's weights in just before the block
+runs and, once it is pruned and its outputs computed, writes it to its own output shard and drops it. Peak
+memory is one block's weights, its statistics (a Hessian per layer for SparseGPT), the calibration
+activations and the layers outside the blocks (embeddings, final norm, LM head), whatever the depth. The
+pruned model is never assembled in memory: its shards, index, config and masks are written into a temporary
+sibling directory that is renamed into place only when everything succeeded, so a failure leaves no partial
+model behind.
 
 Scope: unstructured and N:M methods with uniform per-block sparsity (magnitude, Wanda, SparseGPT, ...).
-Structured pruning chooses units with a global view and rewrites shapes across the model, and
-gradient methods need a full-model backward; both are refused here with the reason.
+Structured pruning chooses units with a global view and rewrites shapes across the model, and gradient
+methods need a full-model backward; both are refused here with the reason.
 """
 
 from __future__ import annotations
@@ -30,16 +31,13 @@ from safetensors.torch import save_file
 
 from ..io.checkpoint import LazyCheckpoint
 from ..io.format import FORMAT, SECTION, SPARSITY_FILE, CheckpointError, mask_shard
-from ..methods.scorers import get_scorer
-from ..methods.select import NM, parse_structure
-from ..spec import check_nm, default_structure, validate_calibration
-from . import distributed
+from ..spec import PruneSpec, prepare_calibration
+from . import distributed, pipeline
 from .calibration import BlockStream
 from .memory import release_free_memory, use_mmap_for_large_buffers
-from .targets import weight_targets
-from .unstructured import ACTIVATION_STATS, prune_unstructured
+from .unstructured import ACTIVATION_STATS
 
-__all__ = ["prune_offloaded", "OffloadResult"]
+__all__ = ["OffloadResult", "check_offloadable", "offload_prune"]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
 
 
@@ -55,56 +53,21 @@ class OffloadResult:
     per_weight: dict[str, float] = field(default_factory=dict)
 
 
-def prune_offloaded(
+def offload_prune(
     model_dir: str | Path,
     out_dir: str | Path,
-    method: str = "wanda",
-    sparsity: float = 0.5,
-    structure: str | None = None,
-    calibration: torch.Tensor | None = None,
-    *,
-    targets: Any = None,
-    ignore: Any = None,
+    spec: PruneSpec,
+    calibration: Any = None,
     device: str | torch.device | None = None,
-    calibration_mode: str = "sequential",
-    batch_size: int = 8,
     overwrite: bool = False,
-    progress: bool = False,
-    **scorer_options: Any,
 ) -> OffloadResult:
-    """Prune the checkpoint in ``model_dir`` block by block from disk and write it to ``out_dir``.
-
-    Gives the same masks and weights as :func:`prunekit.prune` on the model loaded in memory (same
-    method, sparsity, calibration and engine), with peak memory of about one block. ``device`` is where
-    each block is computed ("cpu", "cuda", or None for CUDA when available); statistics are fp32 and
-    weights keep the checkpoint's dtype. Under ``torchrun`` calibration is data-parallel and rank 0
-    writes. Masks are saved per block (``prunekit_masks-*.safetensors``; :func:`prunekit.io.load_masks`).
-
-    Raises:
-        ValueError: a structured or gradient method, bad sparsity or calibration, targets outside the
-            blocks, or an ``out_dir`` that is not empty (without ``overwrite``) -- before anything is read.
-        CheckpointError: the checkpoint lacks a tensor the config describes, or has an unexpected one.
-    """
+    """Prune the checkpoint in ``model_dir`` as ``spec`` asks, block by block, into ``out_dir``
+    (:func:`prunekit.prune_offloaded` builds the spec). Everything is checked before a tensor is read."""
     t0 = time.perf_counter()
-    scorer = get_scorer(method, **scorer_options)
-    pattern = parse_structure(structure or default_structure(scorer))
-    if pattern == "structured":
-        raise ValueError(
-            "offloaded pruning supports unstructured and N:M methods; structured pruning picks units "
-            "with a global view and reshapes the whole model: load it in memory (prunekit.prune)"
-        )
-    kind = "N:M" if isinstance(pattern, NM) else pattern
-    if kind not in scorer.structures:
-        raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
-    if "grad" in scorer.needs:
-        raise ValueError(
-            f"method {method!r} needs gradients of the full model, which offloading cannot provide"
-        )
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    needs = scorer.needs & ACTIVATION_STATS
-    if needs and calibration is None:
-        raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(needs)})")
+    check_offloadable(spec)
+    needs = spec.scorer().needs & ACTIVATION_STATS
+    if needs and calibration is None:  # before the checkpoint is opened
+        raise ValueError(f"method {spec.method!r} needs calibration data (statistics: {sorted(needs)})")
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output directory {str(out)!r} is not empty (pass overwrite=True to replace it)")
@@ -112,45 +75,53 @@ def prune_offloaded(
 
     ckpt = LazyCheckpoint(model_dir)
     model, aliases = _skeleton(ckpt)
-    if calibration is not None:
-        calibration = validate_calibration(calibration, model)
-    from ..families import get_adapter
-
-    adapter = get_adapter(model)
-    blocks = adapter.layers(model)
-    targeted = weight_targets(model, blocks, targets, ignore)
-    check_nm(targeted, pattern)
-    prefixes = _block_prefixes(model, blocks)
-    outside = [n for n in targeted if not any(n.startswith(p) for p in prefixes)]
+    data = prepare_calibration(calibration, model, spec)
+    resolved = pipeline.plan(model, spec, data)
+    prefixes = _block_prefixes(model, resolved.blocks)
+    outside = [n for n in resolved.targeted if not any(n.startswith(p) for p in prefixes)]
     if outside:
         raise ValueError(f"offloaded pruning prunes weights inside the blocks only; {outside} lie outside")
 
     use_mmap_for_large_buffers()  # see .memory: otherwise the heap fragments block after block
-    writer = _ShardWriter(out, ckpt, len(blocks), write=distributed.rank() == 0)
-    stream = _DiskStream(model, ckpt, prefixes, aliases, device, writer)
+    writer = _ShardWriter(out, ckpt, len(resolved.blocks), write=distributed.rank() == 0)
+    resolved.stream = _DiskStream(model, ckpt, prefixes, aliases, device, writer)
     try:
-        stream.load_outside()
-        prune_unstructured(
-            model, blocks, targeted, scorer, float(sparsity), pattern if isinstance(pattern, NM) else None,
-            per_row=scorer.default_granularity == "row", calibration=calibration,
-            calibration_mode=calibration_mode, batch_size=batch_size, progress=progress,
-            taps=adapter.stat_taps(model), stream=stream,
-        )  # fmt: skip
+        resolved.stream.load_outside()
+        pipeline.execute(resolved)
         record = {
-            "method": method, "structure": str(pattern), "sparsity": float(sparsity),
-            "options": dict(scorer.config), "offloaded": True,
+            "method": spec.method, "structure": str(spec.structure), "sparsity": spec.sparsity,
+            "options": dict(resolved.scorer.config), "offloaded": True,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }  # fmt: skip
-        writer.finish(stream.outside_state(), model.config, adapter.name, record)
+        writer.finish(resolved.stream.outside_state(), model.config, resolved.adapter.name, record)
     except BaseException:
         writer.abort()
         raise
     masked = sum(v[0] for v in writer.mask_counts.values())
     total = sum(v[1] for v in writer.mask_counts.values())
     return OffloadResult(
-        out, method, str(pattern), float(sparsity), masked / total if total else 0.0,
+        out, spec.method, str(spec.structure), spec.sparsity, masked / total if total else 0.0,
         time.perf_counter() - t0, {k: m / n for k, (m, n) in writer.mask_counts.items()},
     )  # fmt: skip
+
+
+def check_offloadable(spec: PruneSpec) -> None:
+    """What block-by-block pruning from disk cannot do, refused by name."""
+    if spec.kind == "structured":
+        raise ValueError(
+            "offloaded pruning supports unstructured and N:M methods; structured pruning picks units "
+            "with a global view and reshapes the whole model: load it in memory (prunekit.prune)"
+        )
+    scorer = spec.scorer()
+    if "grad" in scorer.needs:
+        raise ValueError(
+            f"method {spec.method!r} needs gradients of the full model, which offloading cannot provide"
+        )
+    if spec.allocation.name != "uniform":
+        raise ValueError(
+            "offloaded pruning gives every block the requested sparsity: OWL's allocation needs a dense "
+            "pass over all blocks first (load the model in memory, or allocation='uniform')"
+        )
 
 
 def _skeleton(ckpt: LazyCheckpoint) -> tuple[torch.nn.Module, dict[str, list[str]]]:

@@ -100,3 +100,13 @@ def group_targets(
     if not out:
         raise ValueError("no prunable groups left after applying targets/ignore")
     return out
+
+
+def check_nm(targeted: dict[str, torch.nn.Module], pattern) -> None:
+    """Every targeted row must be a whole number of N:M blocks long."""
+    for name, mod in targeted.items():
+        cols = mod.weight[0].numel()
+        if cols % pattern.m:
+            raise ValueError(
+                f"N:M {pattern}: {name} has {cols} inputs per row, not a multiple of {pattern.m}"
+            )

@@ -97,9 +97,9 @@ def prune_unstructured(
 ) -> UnstructuredResult:
     """Prune every targeted weight; see the module docstring.
 
-    With ``stream`` (an offloaded model, :mod:`prunekit.engine.offload`) each block's weights are brought in before
-    and written out after it is pruned, masks go to ``stream.keep_mask`` instead of the result, and no
-    in-memory backup is kept: the checkpoint on disk is the backup.
+    With ``stream`` (an offloaded model, :mod:`prunekit.engine.offload`) each block's weights are
+    brought in before and written out after it is pruned, masks go to ``stream.keep_mask`` instead of
+    the result, and no in-memory backup is kept: the checkpoint on disk is the backup.
     """
     result = UnstructuredResult()
     in_memory = stream is None

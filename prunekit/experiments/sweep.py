@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 from .. import api
 from ..data import calibration_ids, eval_windows
 from ..eval.perplexity import js_divergence, perplexity
-from ..methods.scorers import SCORERS, get_scorer
-from ..methods.select import NM, parse_structure
+from ..spec import build_spec, scorer_class
 
 __all__ = ["sweep", "structure_for", "COLUMNS"]
 
@@ -57,20 +56,13 @@ def structure_for(method: str, structure: str | None) -> str:
 
     Methods that can only remove whole units (the registry lists ``("structured",)`` for them) always
     run structured, whatever was asked, so one sweep can put FLAP next to Wanda. Every other method
-    runs ``structure``, or :func:`prunekit.api.default_structure` (unstructured) when it is None.
+    runs ``structure``, or its default (:func:`prunekit.spec.default_structure`) when it is None.
 
     Raises:
         ValueError: unknown method, unparsable structure, or a structure the method does not support.
     """
-    own = api.default_structure(method)
-    chosen = own if structure is None or SCORERS[method].structures == ("structured",) else structure
-    pattern = parse_structure(chosen)
-    kind = "N:M" if isinstance(pattern, NM) else pattern
-    if kind not in SCORERS[method].structures:
-        raise ValueError(
-            f"method {method!r} does not support {kind} pruning (supports {SCORERS[method].structures})"
-        )
-    return str(pattern)
+    structured_only = scorer_class(method).structures == ("structured",)
+    return str(build_spec(method, None, None if structured_only else structure).structure)
 
 
 def sweep(
@@ -112,7 +104,7 @@ def sweep(
         ValueError, TypeError: bad methods, sparsities, structure or options, before anything is loaded.
     """
     methods = as_list(methods, "methods")
-    sparsities = [check_sparsity(s) for s in as_list(sparsities, "sparsities")]
+    sparsities = as_list(sparsities, "sparsities")
     method_options = dict(method_options or {})
     plan = plan_points(methods, sparsities, structure, options, method_options)
     if eval_batch_size < 1:
@@ -157,14 +149,6 @@ def as_list(values: Any, what: str) -> list:
     return values
 
 
-def check_sparsity(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"sparsities must be numbers in [0, 1), got {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"sparsity must lie in [0, 1), got {value}")
-    return float(value)
-
-
 def plan_points(
     methods: list[str],
     sparsities: list[float],
@@ -172,18 +156,22 @@ def plan_points(
     options: dict[str, Any],
     method_options: dict[str, Mapping[str, Any]],
 ) -> list[tuple[str, float, str]]:
-    """Every (method, sparsity, structure) point, after checking each method accepts its options."""
+    """Every (method, sparsity, structure) point, each validated as the request it will be.
+
+    An N:M pattern fixes the sparsity, so a method run N:M is one point whatever ``sparsities`` says."""
     unknown = sorted(set(method_options) - set(methods))
     if unknown:
         raise ValueError(f"method_options for methods not in the sweep: {unknown}")
     plan = []
     for method in methods:
-        if not isinstance(method, str):
-            raise TypeError(f"methods must be strings, got {method!r}")
         chosen = structure_for(method, structure)
-        _pruner, scorer_opts = api._split_options({**options, **method_options.get(method, {})})
-        get_scorer(method, **scorer_opts)  # refuses options the method does not know
-        plan += [(method, s, chosen) for s in sparsities]
+        given = {**options, **method_options.get(method, {})}
+        specs = []
+        for s in sparsities:
+            spec = build_spec(method, None if ":" in chosen else s, chosen, **given)
+            if spec not in specs:
+                specs.append(spec)
+        plan += [(method, spec.sparsity, chosen) for spec in specs]
     return plan
 
 

@@ -17,7 +17,6 @@ from ..engine.targets import PRUNABLE_MODULES, group_targets, matches, weight_ta
 from ..engine.unstructured import ACTIVATION_STATS
 from ..families import get_adapter
 from ..methods.budgets import logistic_ratios
-from ..methods.scorers import SCORERS
 from ..methods.select import NM, parse_structure
 from .nodes import RecipeError
 from .schema import Recipe, Stage
@@ -45,8 +44,8 @@ def check_recipe(model: torch.nn.Module, recipe: Recipe) -> None:
                 graph = trace(model, adapter=adapter)
             groups = _resolve_groups(graph, adapter, stage, fail)
             _check_logistic(groups, stage, fail)
-            if stage.options.get("mode", "hard") == "hard" and stage.sparsity > 0:
-                round_to = int(stage.options.get("round_to", 1))
+            if stage.spec.structure.mode == "hard" and stage.sparsity > 0:
+                round_to = stage.spec.structure.round_to
                 for module, (quantum, fixable) in _row_steps(model, groups, round_to).items():
                     shrinks.setdefault(module, []).append((quantum, fixable, stage))
         else:
@@ -91,18 +90,18 @@ def _resolve_groups(graph, adapter, stage, fail) -> list:
 
 
 def _check_logistic(groups, stage: Stage, fail) -> None:
-    search = stage.options.get("structure_search") or SCORERS[stage.method].default_structure_search
-    if search != "logistic":
+    search = stage.spec.structure.search
+    if search.name != "logistic":
         return
     try:
-        logistic_ratios(groups, stage.sparsity, **stage.options.get("logistic", {}))
+        logistic_ratios(groups, stage.sparsity, **search.settings())
     except ValueError as err:
         key = "options.logistic" if "logistic" in stage.options else "sparsity"
         raise fail(str(err), key) from err
 
 
 def _check_inside_blocks(targeted: dict, block_names: list[str], stage: Stage, fail) -> None:
-    if not (SCORERS[stage.method].needs & ACTIVATION_STATS or stage.allocation == "owl"):
+    if not (stage.spec.scorer().needs & ACTIVATION_STATS or stage.spec.allocation.name == "owl"):
         return
     outside = sorted(n for n in targeted if not any(n.startswith(b + ".") for b in block_names))
     if outside:
@@ -147,7 +146,7 @@ def _check_nm(targeted: dict, pattern: NM, shrinks: dict, stage: Stage, fail) ->
         for quantum, fixable, earlier in shrinks.get(name, []):
             if quantum % pattern.m == 0:
                 continue
-            round_to = int(earlier.options.get("round_to", 1))
+            round_to = earlier.spec.structure.round_to
             hint = (
                 f"give that stage options: {{round_to: {math.lcm(round_to, pattern.m)}}}"
                 if fixable

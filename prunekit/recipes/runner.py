@@ -1,19 +1,21 @@
 """Running a recipe: calibration once, a dry resolution of every stage, then the stages in order.
 
-Each stage is exactly one ``prunekit.prune`` call with the stage's arguments and the same calibration
-token ids, so a recipe gives the same weights as the calls written out by hand. The ids are sampled
+Each stage is exactly one ``prunekit.prune`` call (the same :class:`~prunekit.spec.PruneSpec`) with the
+same calibration token ids, so a recipe gives the same weights as the calls written out by hand. The ids are
+sampled
 once: later stages see them through the already-pruned earlier stages, as sequential pruning should.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..api import prune
+from ..api import prune_with_spec
 from ..engine.report import PruneReport
 from ..spec import validate_calibration
 from .check import check_recipe
@@ -86,7 +88,8 @@ def run_recipe(
     ids = recipe_calibration(model, recipe, calibration, tokenizer)
     reports = []
     for stage in recipe.stages:
-        report = prune(model, calibration=ids, progress=progress, **stage.prune_kwargs())
+        spec = dataclasses.replace(stage.spec, progress=progress)
+        report = prune_with_spec(model, spec, ids)
         report.options["stage"] = stage.name
         reports.append(report)
         if after_stage is not None:

@@ -15,11 +15,10 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from ..api import OPTION_SCOPE, PRUNER_OPTIONS
-from ..methods.scorers import SCORERS, get_scorer
+from ..methods.scorers import SCORERS
 from ..methods.select import NM, parse_structure
 from ..models import KNOWN_MODELS
-from ..spec import default_structure
+from ..spec import OPTIONS, PruneSpec, SpecError, build_spec, default_structure, needs_calibration
 from .nodes import Ctx, RecipeError, compose, integer, line_of, mapping, number, sequence, string, value
 
 TOP_KEYS = ("model", "calibration", "stages")
@@ -39,20 +38,18 @@ STAGE_KEYS = (
 LOGISTIC_KEYS = ("first", "last", "k", "x0")
 DEFAULT_SOURCES = ("default", "pydoc")
 
+_PLACES = {
+    "stage": "the stage key '{name}'",
+    "calibration": "the recipe's 'calibration' section",
+}
 #: pruner options a recipe spells elsewhere (or cannot express), with where they go instead
 RESERVED_OPTIONS = {
-    "allocation": "the stage key 'allocation'",
-    "owl_lambda": "the stage key 'owl_lambda'",
-    "owl_m": "the stage key 'owl_m'",
-    "n_samples": "the recipe's 'calibration' section",
-    "seq_len": "the recipe's 'calibration' section",
-    "seed": "the recipe's 'calibration' section",
-    "tokenizer": "run_recipe(tokenizer=...) (the CLI loads the model's own)",
-    "text_column": "run_recipe(calibration=...) (recipes calibrate on text files)",
-    "progress": "run_recipe(progress=...) (the CLI always shows progress)",
-    "task": "a direct prunekit.prune call (task-specific calibration is not part of recipes)",
-    "task_weights": "a direct prunekit.prune call (task-specific calibration is not part of recipes)",
+    o.name: _PLACES[o.recipe].format(name=o.name) if o.recipe in _PLACES else o.why
+    for o in OPTIONS.values()
+    if o.recipe != "options"
 }
+#: the stage keys that are pruner options
+STAGE_OPTIONS = tuple(o.name for o in OPTIONS.values() if o.recipe == "stage")
 
 
 @dataclass(frozen=True)
@@ -86,6 +83,8 @@ class Stage:
     options: dict[str, Any] = field(default_factory=dict)
     index: int = 0
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: the validated request of this stage (the same :class:`PruneSpec` a Python call builds)
+    spec: PruneSpec | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -110,10 +109,7 @@ class Stage:
         return kwargs
 
     def needs_calibration(self) -> bool:
-        scorer = SCORERS[self.method]
-        compensate = self.options.get("bias_compensation")
-        compensate = scorer.compensates if compensate is None else compensate
-        return bool(scorer.needs or self.allocation == "owl" or (self.kind == "structured" and compensate))
+        return needs_calibration(self.spec)
 
     def line(self, key: str = "") -> int | None:
         return self.lines.get(key, self.lines.get(""))
@@ -207,6 +203,8 @@ def _calibration(node: Node, ctx: Ctx, base_dir: str | Path | None) -> Calibrati
 
 
 def _stage(node: Node, ctx: Ctx, index: int) -> Stage:
+    """A stage's values as YAML gives them (keys, types, line numbers), then :func:`build_spec` for
+    everything a Python call would be told too, with the same message, pointed at the key's line."""
     keys = mapping(node, ctx, STAGE_KEYS, "a stage")
     lines = {"": line_of(node)}
     lines.update({k: line_of(v) for k, (_kn, v) in keys.items()})
@@ -218,54 +216,42 @@ def _stage(node: Node, ctx: Ctx, index: int) -> Stage:
     if "method" not in keys:
         raise ctx.error(f"every stage needs a 'method' ({', '.join(sorted(SCORERS))})", node)
     method = string(get("method"), ctx.at("method"), "method")
-    if method not in SCORERS:
-        raise ctx.at("method").error(
-            f"unknown method {method!r}; available: {', '.join(sorted(SCORERS))}", get("method")
-        )
-    scorer_cls = SCORERS[method]
-
+    scorer_cls = SCORERS.get(method)
     structure = _structure(get("structure"), ctx.at("structure"), scorer_cls)
-    pattern = parse_structure(structure)
-    kind = "N:M" if isinstance(pattern, NM) else structure
-    if kind not in scorer_cls.structures:
-        where = "structure" if "structure" in keys else "method"
-        raise ctx.at(where).error(
-            f"method {method!r} does not do {kind} pruning (it does: {', '.join(scorer_cls.structures)})",
-            get(where),
-        )
-    sparsity = _sparsity(get("sparsity"), ctx.at("sparsity"), pattern, node, ctx)
-
+    sparsity = _sparsity(get("sparsity"), ctx.at("sparsity"))
     stage = Stage(name, method, sparsity, structure, index=index, lines=lines)
     for key in ("targets", "ignore"):
         if key in keys:
             setattr(stage, key, _patterns(get(key), ctx.at(key), key, lines))
-
     if "allocation" in keys:
-        alloc_node = get("allocation")
-        stage.allocation = string(alloc_node, ctx.at("allocation"), "allocation")
-        if stage.allocation not in ("uniform", "owl"):
-            raise ctx.at("allocation").error(
-                f"allocation must be 'uniform' or 'owl', got {stage.allocation!r}", alloc_node
-            )
-        if stage.allocation == "owl" and kind != "unstructured":
-            raise ctx.at("allocation").error(
-                f"OWL allocates per-block sparsities, which only unstructured pruning has (not {kind})",
-                alloc_node,
-            )
-    for key, (lo, hi) in {"owl_lambda": (0.0, 0.99), "owl_m": (0.0, 1e6)}.items():
+        stage.allocation = string(get("allocation"), ctx.at("allocation"), "allocation")
+    for key in ("owl_lambda", "owl_m"):
         if key in keys:
-            if stage.allocation != "owl":
-                raise ctx.at(key).error(f"{key} only applies with 'allocation: owl'", get(key))
-            setattr(stage, key, number(get(key), ctx.at(key), key, lo, hi))
-
-    if "options" in keys and not _empty(get("options")):
+            setattr(stage, key, number(get(key), ctx.at(key), key, float("-inf"), float("inf")))
+    if "options" in keys and not _empty(get("options")) and scorer_cls is not None:
         stage.options = _options(get("options"), ctx.at("options"), stage, scorer_cls, lines)
+    try:
+        stage.spec = build_spec(**stage.prune_kwargs())
+    except SpecError as err:
+        where = _key_of(err.key, stage, keys)
+        raise RecipeError(str(err), ctx.at(where).key, lines.get(where, lines[""]), ctx.file) from None
+    if stage.sparsity is None:
+        stage.sparsity = stage.spec.sparsity
     return stage
+
+
+def _key_of(key: str, stage: Stage, keys: dict) -> str:
+    """The recipe key a spec error is about: a stage key, ``options.<name>``, or the method line."""
+    if key in stage.options:
+        return f"options.{key}"
+    if key in keys:
+        return key
+    return "structure" if key == "structure" and "structure" not in keys else ("method" if key else "")
 
 
 def _structure(node: Node | None, ctx: Ctx, scorer_cls) -> str:
     if node is None:  # prunekit.prune's own default
-        return default_structure(scorer_cls)
+        return default_structure(scorer_cls) if scorer_cls is not None else "unstructured"
     raw = None
     if isinstance(node, ScalarNode):
         v = value(node, ctx)
@@ -279,19 +265,11 @@ def _structure(node: Node | None, ctx: Ctx, scorer_cls) -> str:
         raise ctx.error(str(err), node) from err
 
 
-def _sparsity(node: Node | None, ctx: Ctx, pattern, stage_node: Node, stage_ctx: Ctx) -> float:
-    if isinstance(pattern, NM):
-        implied = pattern.n / pattern.m
-        if node is not None:
-            given = number(node, ctx, "sparsity", 0.0, 1.0, hi_open=True)
-            if abs(given - implied) > 1e-9:
-                raise ctx.error(
-                    f"N:M {pattern} fixes the sparsity at {implied:g}, got {given!r} (leave it out)", node
-                )
-        return implied
+def _sparsity(node: Node | None, ctx: Ctx) -> float | None:
+    """A number, or None when left out (the spec requires it, or N:M fixes it)."""
     if node is None:
-        raise stage_ctx.error(f"a {pattern} stage needs a 'sparsity' in [0, 1)", stage_node)
-    return float(number(node, ctx, "sparsity", 0.0, 1.0, hi_open=True))
+        return None
+    return float(number(node, ctx, "sparsity", float("-inf"), float("inf")))
 
 
 def _patterns(node: Node, ctx: Ctx, key: str, lines: dict) -> list[str]:
@@ -315,7 +293,7 @@ def _patterns(node: Node, ctx: Ctx, key: str, lines: dict) -> list[str]:
 
 def _options(node: Node, ctx: Ctx, stage: Stage, scorer_cls, lines: dict) -> dict[str, Any]:
     scorer_opts = dict(scorer_cls.options)
-    allowed = [k for k in PRUNER_OPTIONS if k not in RESERVED_OPTIONS] + list(scorer_opts)
+    allowed = [k for k in OPTIONS if k not in RESERVED_OPTIONS] + list(scorer_opts)
     for key_node, _value_node in node.value if isinstance(node, MappingNode) else []:
         others = sorted(n for n, c in SCORERS.items() if key_node.value in c.options and n != stage.method)
         if key_node.value not in allowed and others:
@@ -333,28 +311,8 @@ def _options(node: Node, ctx: Ctx, stage: Stage, scorer_cls, lines: dict) -> dic
             raise kctx.error(f"{key} is not a stage option here; use {RESERVED_OPTIONS[key]}", vnode)
         if key in scorer_opts:
             out[key] = _typed_like(vnode, kctx, key, scorer_opts[key])
-            continue
-        kinds = OPTION_SCOPE.get(key, (None, None))[0]  # the same scopes prunekit.prune enforces
-        if kinds is not None and stage.kind not in kinds:
-            raise kctx.error(
-                f"{key} applies only to {' and '.join(kinds)} stages, this one is {stage.kind}", vnode
-            )
-        raw = _logistic(vnode, kctx) if key == "logistic" else value(vnode, kctx)
-        try:
-            out[key] = PRUNER_OPTIONS[key][1](key, raw)
-        except (TypeError, ValueError) as err:
-            raise kctx.error(str(err), vnode) from err
-    if "logistic" in out:
-        search = out.get("structure_search") or scorer_cls.default_structure_search
-        if search != "logistic":
-            raise ctx.at("logistic").error(
-                f"logistic settings need structure_search: logistic (this stage uses {search!r})",
-                keys["logistic"][1],
-            )
-    try:
-        get_scorer(stage.method, **{k: v for k, v in out.items() if k in scorer_opts})
-    except (TypeError, ValueError) as err:
-        raise ctx.error(str(err), node) from err
+        else:
+            out[key] = _logistic(vnode, kctx) if key == "logistic" else value(vnode, kctx)
     return out
 
 

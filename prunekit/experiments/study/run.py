@@ -1,4 +1,4 @@
-"""``prunekit.experiments.study``: every model x method x component x sparsity, pruned from the same dense copy.
+"""Studies: every model x method x component x sparsity, pruned from the same dense copy.
 
 Each point is one :func:`prunekit.prune` call on a fresh deep copy of the dense model, restricted to one
 component through ``targets=`` (the component's weights for unstructured/N:M methods, its group roles for
@@ -26,7 +26,8 @@ from ...data import calibration_ids
 from ...eval.perplexity import perplexity
 from ...families import Component
 from ...families.components import ALL
-from ..sweep import as_list, check_sparsity, plan_points
+from ...spec import default_structure
+from ..sweep import as_list, plan_points
 from . import inputs, outputs, texts
 
 __all__ = ["study", "prune_component", "base_columns", "text_columns"]
@@ -74,7 +75,7 @@ def prune_component(
     from ...families import get_adapter
 
     if structure is None:
-        structure = api.default_structure(method)
+        structure = default_structure(method)
     if isinstance(component, str):
         component = get_adapter(model).component(component)
     structured = structure == "structured"
@@ -127,7 +128,7 @@ def study(
             directory's weights are loaded (a known model name is loaded to learn its family).
     """
     methods = as_list(methods, "methods")
-    sparsities = [check_sparsity(s) for s in as_list(sparsities, "sparsities")]
+    sparsities = as_list(sparsities, "sparsities")
     if components is not None:
         components = as_list(components, "components")
     plan = plan_points(methods, sparsities, structure, dict(options), {})

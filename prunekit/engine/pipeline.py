@@ -1,0 +1,153 @@
+"""One engine for every request: :func:`plan` resolves a :class:`~prunekit.spec.PruneSpec` on a model,
+:func:`execute` runs it block by block and builds the :class:`PruneReport`.
+
+Planning reads the model but writes nothing: it finds the family adapter and the blocks, resolves the
+targets (weights for unstructured and N:M pruning, traced groups for structured pruning) and checks
+them. Execution is where weights change; each executor puts every weight back if it fails half-way.
+Offloaded models (:mod:`.offload`) go through the same two steps with a :class:`BlockStream` that
+brings each block in from disk and writes it out again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..families import Adapter, get_adapter
+from ..graph import DependencyGraph, Group, trace
+from ..methods.scorers import Scorer
+from ..spec import PruneSpec, SemiStructured
+from .calibration import BlockStream
+from .report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
+from .structured import plan_structured, prune_structured
+from .targets import check_nm, group_targets, weight_targets
+from .task_masks import TaskMasks
+from .unstructured import prune_unstructured
+
+
+@dataclass
+class Plan:
+    """A request resolved on one model: everything :func:`execute` needs, nothing written yet."""
+
+    model: torch.nn.Module
+    spec: PruneSpec
+    scorer: Scorer
+    adapter: Adapter
+    #: token ids [N, L], ``{task: ids}`` (task-specific structured pruning) or None (weights only)
+    calibration: torch.Tensor | dict[str, torch.Tensor] | None
+    blocks: list[torch.nn.Module]
+    layer_names: list[str]
+    #: unstructured and N:M: module name -> module whose weight is pruned
+    targeted: dict[str, torch.nn.Module] = field(default_factory=dict)
+    #: structured: the traced graph and the groups to prune
+    graph: DependencyGraph | None = None
+    groups: list[Group] = field(default_factory=list)
+    #: where blocks live between uses (None: all in memory)
+    stream: BlockStream | None = None
+
+
+def plan(
+    model: torch.nn.Module,
+    spec: PruneSpec,
+    calibration: torch.Tensor | dict[str, torch.Tensor] | None = None,
+    stream: BlockStream | None = None,
+) -> Plan:
+    """Resolve ``spec`` on ``model``; ``calibration`` comes checked from
+    :func:`prunekit.spec.prepare_calibration`."""
+    adapter = get_adapter(model)
+    blocks = adapter.layers(model)
+    ids = {id(m) for m in blocks}
+    layer_names = [name for name, mod in model.named_modules() if id(mod) in ids]
+    resolved = Plan(model, spec, spec.scorer(), adapter, calibration, blocks, layer_names, stream=stream)
+    if spec.kind == "structured":
+        resolved.graph = trace(model, adapter=adapter)
+        roles = adapter.default_structured_roles
+        resolved.groups = group_targets(resolved.graph.groups, roles, spec.targets, spec.ignore)
+    else:
+        resolved.targeted = weight_targets(model, blocks, spec.targets, spec.ignore)
+        if isinstance(spec.structure, SemiStructured):
+            check_nm(resolved.targeted, spec.structure.pattern)
+    return resolved
+
+
+def execute(plan: Plan) -> PruneReport:
+    """Prune ``plan.model`` in place and report what changed, layer by layer."""
+    t0 = time.perf_counter()
+    model, spec = plan.model, plan.spec
+    before = count_params(model, plan.layer_names)
+    flops_before = matmul_flops(model)
+    shown = {k: v for k, v in spec.options().items() if k != "tokenizer"}
+    report = PruneReport(
+        spec.method, str(spec.structure), spec.sparsity, [], options={**shown, **plan.scorer.config}
+    )
+    if spec.kind == "structured":
+        _structured(plan, report)
+    else:
+        _unstructured(plan, report)
+    if plan.stream is None:  # an offloaded model's weights are on disk by now: its writer counts them
+        _rows(plan, report, before)
+    report.flops_per_token = (flops_before, matmul_flops(model))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _unstructured(plan: Plan, report: PruneReport) -> None:
+    spec = plan.spec
+    s, alloc, cal = spec.structure, spec.allocation, spec.calibration
+    result = prune_unstructured(
+        plan.model, plan.blocks, plan.targeted, plan.scorer, spec.sparsity,
+        s.pattern if isinstance(s, SemiStructured) else None,
+        per_row=getattr(s, "granularity", plan.scorer.default_granularity) == "row",
+        calibration=plan.calibration, allocation=alloc.name,
+        owl_lambda=getattr(alloc, "lam", 0.08), owl_m=getattr(alloc, "m", 5.0),
+        calibration_mode=cal.mode, batch_size=cal.batch_size, progress=spec.progress,
+        taps=plan.adapter.stat_taps(plan.model), stream=plan.stream,
+    )  # fmt: skip
+    report.masks = {f"{name}.weight": mask for name, mask in result.masks.items()}
+    report.errors = result.errors
+    report.block_sparsity = result.block_sparsity
+
+
+def _structured(plan: Plan, report: PruneReport) -> None:
+    graph = plan.graph
+    report.skipped = [f"{g.name or g.role}: {why}" for g, why in graph.rejected]
+    opts = plan.spec.options()
+    done = prune_structured(
+        plan.model, plan.adapter, graph, plan.groups, plan.scorer, plan.spec.sparsity, plan.calibration,
+        opts, plan.spec.progress,
+    )  # fmt: skip
+    for group, units in done.decision:
+        report.removed[f"{short_layer_name(group.name) or group.role} ({group.role})"] = units.tolist()
+        layer = group.layer_index()
+        row = f"layers.{layer}" if layer is not None else "(other)"
+        report.units.setdefault(row, {})[group.role] = (group.num_units, group.num_units - len(units))
+    report.compensated = sorted(done.bias_deltas)
+    report.notes = list(done.notes)
+    report.options["calibration_mode"] = done.calibration_mode
+
+
+def _rows(plan: Plan, report: PruneReport, before: dict[str, int]) -> None:
+    after = count_params(plan.model, plan.layer_names)
+    for name in [*plan.layer_names, "(other)"]:
+        row = LayerRow(short_layer_name(name), before[name], after[name])
+        for wname, mod in plan.targeted.items():
+            inside = wname.startswith(name + ".")
+            outside = name == "(other)" and not any(wname.startswith(ln + ".") for ln in plan.layer_names)
+            if inside or outside:
+                row.targeted += mod.weight.numel()
+                row.zeros += int((mod.weight == 0).sum())
+        report.rows.append(row)
+
+
+def task_masks(plan: Plan) -> TaskMasks:
+    """One soft structured mask per task of ``plan.calibration`` (and the blended generic one)."""
+    opts = plan.spec.options()
+    plans = {}
+    for task in [*plan.calibration, None]:
+        plans[task] = plan_structured(
+            plan.model, plan.adapter, plan.graph, plan.groups, plan.scorer, plan.spec.sparsity,
+            plan.calibration, {**opts, "task": task}, plan.spec.progress,
+        )  # fmt: skip
+    return TaskMasks(plan.model, plan.adapter, plan.graph, plans)
