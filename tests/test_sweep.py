@@ -11,13 +11,13 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 
 import prunekit
-from prunekit.spec import default_structure
 from prunekit.cli import main
 from prunekit.data import calibration_ids, eval_windows
 from prunekit.eval import js_divergence, perplexity
 from prunekit.experiments.sweep import COLUMNS, structure_for, sweep
 from prunekit.methods.scorers import SCORERS
 from prunekit.methods.scorers.magnitude import Magnitude
+from prunekit.spec import default_structure
 
 TEXT = "Sweeps compare pruning methods at several sparsities on the same text. " * 300
 SETTINGS = {"n_samples": 2, "seq_len": 32, "max_eval_windows": 3}

@@ -35,3 +35,30 @@ def device(name: str):
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: this machine has no CUDA device (use cpu or auto)")
     return chosen
+
+
+def add_text_arguments(parser: argparse.ArgumentParser, seed_help: str, eval_help: str) -> None:
+    """Where calibration and evaluation text come from, and how it is cut into windows."""
+    parser.add_argument(
+        "--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)"
+    )
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--eval-windows", type=int, default=None, help=eval_help)
+
+
+def experiment_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments :func:`prunekit.sweep` and :func:`prunekit.study` share, from the flags
+    both commands have (methods, sparsities, structure, output folder, text and windows)."""
+    return {
+        "methods": args.methods,
+        "sparsities": args.sparsities,
+        "structure": args.structure,
+        "out_dir": args.out,
+        "text": args.text,
+        "n_samples": args.calib_samples,
+        "seq_len": args.seq_len,
+        "seed": args.seed,
+        "max_eval_windows": args.eval_windows,
+    }

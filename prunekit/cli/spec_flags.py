@@ -58,10 +58,10 @@ def _flag_kwargs(option: Option) -> dict[str, Any]:
 def add_option_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per command-line option of the table (its ``flag``), default "not given"."""
     group = parser.add_argument_group("pruning options (as prunekit.prune's keyword options)")
-    for option in OPTIONS.values():
-        if option.cli_flag is None or option.name in skip:
-            continue
+    flagged = [o for o in OPTIONS.values() if o.cli_flag is not None and o.name not in skip]
+    for option in flagged:
         group.add_argument(option.cli_flag, dest=option.name, default=None, **_flag_kwargs(option))
+    parser.set_defaults(option_flags=tuple(o.name for o in flagged))
     group.add_argument(
         "--method-option",
         action="append",
@@ -74,10 +74,10 @@ def add_option_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
     """The pruner and method options given on the command line, as keyword options."""
     out = {}
-    for option in OPTIONS.values():
-        value = getattr(args, option.name, None)
-        if option.cli_flag is not None and value is not None:
-            out[option.name] = _ON_OFF.get(value, value) if isinstance(value, str) else value
+    for name in args.option_flags:
+        value = getattr(args, name)
+        if value is not None:
+            out[name] = _ON_OFF.get(value, value) if isinstance(value, str) else value
     for item in args.method_option:
         out.update(_settings(item))
     return out

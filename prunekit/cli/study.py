@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import floats, names
+from .common import add_text_arguments, experiment_settings, floats, names
 
 NAME = "study"
 HELP = "prune several models per component with several methods and sparsities; compare the damage"
@@ -25,12 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--structure", default=None, help="for methods that support several (default unstructured)"
     )
-    p.add_argument("--text", default=None, help="UTF-8 text file for calibration/eval (default: stdlib docs)")
     p.add_argument("--shifted-text", default=None, help="UTF-8 file of another domain, evaluated as a whole")
-    p.add_argument("--calib-samples", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows and word shuffling")
-    p.add_argument("--eval-windows", type=int, default=None, help="cap on windows per evaluation text")
+    add_text_arguments(
+        p, "seed of the calibration windows and word shuffling", "cap on windows per evaluation text"
+    )
     p.add_argument(
         "--allow-mixed-tokenizers",
         action="store_true",
@@ -45,18 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     rows = study(
         args.models,
-        args.methods,
-        args.sparsities,
         components=args.components,
-        structure=args.structure,
-        text=args.text,
         shifted_text=args.shifted_text,
-        n_samples=args.calib_samples,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        max_eval_windows=args.eval_windows,
         allow_mixed_tokenizers=args.allow_mixed_tokenizers,
-        out_dir=args.out,
+        **experiment_settings(args),
     )
     out = Path(args.out)
     print((out / "study.md").read_text(encoding="utf-8"))

@@ -54,23 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prunekit.refmodels.train import train_reference
 
+    same = ("corpus", "tokenizer", "vocab_size", "size", "seq_len", "batch_size", "lr", "seed", "max_minutes")
     summary = train_reference(
-        args.arch,
-        args.out,
-        corpus=args.corpus,
-        tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
-        size=args.size,
-        seq_len=args.seq_len,
-        token_budget=args.tokens,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        max_minutes=args.max_minutes,
-        threads=args.threads,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+        args.arch, args.out, token_budget=args.tokens, threads=args.threads, overwrite=args.overwrite,
+        progress=not args.quiet, **{name: getattr(args, name) for name in same},
+    )  # fmt: skip
     params = summary["parameters"]
     rate = f"{summary['tokens_per_second']:.0f} tokens/s"
     print(

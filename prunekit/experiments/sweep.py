@@ -247,12 +247,15 @@ def csv_value(value: Any) -> Any:
     return repr(value) if isinstance(value, float) else value
 
 
+def settings_header(title: str, settings: Mapping[str, str]) -> list[str]:
+    """A markdown title and one bullet per setting, then a blank line."""
+    return [f"# {title}", "", *(f"- {key}: {value}" for key, value in settings.items()), ""]
+
+
 def markdown_table(rows: list[dict[str, Any]], dense_ppl: float, settings: Mapping[str, str]) -> str:
     """A markdown report: the settings, then one table row per point (dense first)."""
-    lines = ["# prunekit sweep", ""]
-    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines = settings_header("prunekit sweep", settings)
     lines += [
-        "",
         "| method | structure | sparsity | achieved | params | perplexity | × dense | JS (nats) | prune s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| dense | — | 0 | 0 | — | {dense_ppl:.3f} | 1.00 | 0 | — |",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..graph.groups import Group
-from .base import Adapter, register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
+from .base import register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
 from .components import Component
+from .mixers import MixerAdapter
 
 
 @register_adapter
-class MambaAdapter(Adapter):
+class MambaAdapter(MixerAdapter):
     name = "mamba"
     model_types = ("mamba", "falcon_mamba")
     supported_roles = ("residual", "ssm_inner", "ssm_dt_rank", "ssm_state")
@@ -61,26 +62,18 @@ class MambaAdapter(Adapter):
             taps[f"{prefix}.conv1d"] = (mix.in_proj, lambda out, mix=mix: out[..., : mix.conv1d.in_channels])
         return taps
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(model.backbone.layers)
-
-    def sync(self, model: torch.nn.Module) -> None:
-        super().sync(model)
-        per_layer = []
-        for layer in self.layers(model):
-            mix = layer.mixer
-            mix.hidden_size = mix.in_proj.in_features
-            mix.intermediate_size = mix.out_proj.in_features
-            mix.ssm_state_size = int(mix.A_log.shape[1])
-            mix.time_step_rank = mix.dt_proj.in_features
-            per_layer.append(
-                {
-                    "intermediate_size": mix.intermediate_size,
-                    "state_size": mix.ssm_state_size,
-                    "time_step_rank": mix.time_step_rank,
-                }
-            )
-        self.set_layer_fields(model, per_layer)
+    @staticmethod
+    def sync_mixer(mix: torch.nn.Module) -> dict:
+        """Restate one mixer's sizes from its weights; return its per-layer config fields."""
+        mix.hidden_size = mix.in_proj.in_features
+        mix.intermediate_size = mix.out_proj.in_features
+        mix.ssm_state_size = int(mix.A_log.shape[1])
+        mix.time_step_rank = mix.dt_proj.in_features
+        return {
+            "intermediate_size": mix.intermediate_size,
+            "state_size": mix.ssm_state_size,
+            "time_step_rank": mix.time_step_rank,
+        }
 
     def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> None:
         hidden = int(model.config.hidden_size)

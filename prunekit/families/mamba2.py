@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..graph.groups import Group
-from .base import Adapter, register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
+from .base import register_adapter, resize_depthwise_conv, resize_linear, resize_parameter
 from .components import Component
+from .mixers import MixerAdapter
 
 
 @register_adapter
-class Mamba2Adapter(Adapter):
+class Mamba2Adapter(MixerAdapter):
     name = "mamba2"
     model_types = ("mamba2",)
     supported_roles = ("residual", "ssm_heads", "ssm_state")
@@ -69,42 +70,34 @@ class Mamba2Adapter(Adapter):
             taps[f"{names[id(mix)]}.conv1d"] = (mix.in_proj, xbc)
         return taps
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return list(model.backbone.layers)
-
     def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
         # n_groups is read back from the shapes in sync(): when every head has its own B/C group, the
         # trace folds the groups into the heads (no outer units), so counting outer units would miss them
         if group.role == "ssm_state":
             model.get_submodule(group.name).ssm_state_size -= int(units.numel())
 
-    def sync(self, model: torch.nn.Module) -> None:
-        super().sync(model)
-        per_layer = []
-        for layer in self.layers(model):
-            mix = layer.mixer
-            mix.hidden_size = mix.in_proj.in_features
-            mix.num_heads = int(mix.A_log.shape[0])
-            mix.intermediate_size = mix.out_proj.in_features
-            mix.conv_dim = mix.conv1d.out_channels
-            bc = mix.conv_dim - mix.intermediate_size  # B and C: 2 * n_groups * state_size channels
-            n_groups = bc // (2 * mix.ssm_state_size)
-            if n_groups < 1 or bc != 2 * mix.ssm_state_size * n_groups or mix.num_heads % n_groups:
-                raise ValueError(
-                    f"conv1d holds {bc} B/C channels: not 2 * n_groups * {mix.ssm_state_size} for an "
-                    f"n_groups dividing {mix.num_heads} heads"
-                )
-            mix.n_groups = n_groups
-            mix.norm.group_size = mix.intermediate_size // mix.n_groups
-            per_layer.append(
-                {
-                    "num_heads": mix.num_heads,
-                    "n_groups": mix.n_groups,
-                    "state_size": mix.ssm_state_size,
-                    "intermediate_size": mix.intermediate_size,
-                }
+    @staticmethod
+    def sync_mixer(mix: torch.nn.Module) -> dict:
+        """Restate one mixer's sizes from its weights (n_groups from the B/C width); return its fields."""
+        mix.hidden_size = mix.in_proj.in_features
+        mix.num_heads = int(mix.A_log.shape[0])
+        mix.intermediate_size = mix.out_proj.in_features
+        mix.conv_dim = mix.conv1d.out_channels
+        bc = mix.conv_dim - mix.intermediate_size  # B and C: 2 * n_groups * state_size channels
+        n_groups = bc // (2 * mix.ssm_state_size)
+        if n_groups < 1 or bc != 2 * mix.ssm_state_size * n_groups or mix.num_heads % n_groups:
+            raise ValueError(
+                f"conv1d holds {bc} B/C channels: not 2 * n_groups * {mix.ssm_state_size} for an "
+                f"n_groups dividing {mix.num_heads} heads"
             )
-        self.set_layer_fields(model, per_layer)
+        mix.n_groups = n_groups
+        mix.norm.group_size = mix.intermediate_size // mix.n_groups
+        return {
+            "num_heads": mix.num_heads,
+            "n_groups": mix.n_groups,
+            "state_size": mix.ssm_state_size,
+            "intermediate_size": mix.intermediate_size,
+        }
 
     def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict]) -> None:
         hidden = int(model.config.hidden_size)

@@ -45,7 +45,7 @@ def parse_structure(structure: str) -> str | NM:
     return NM(n, m)
 
 
-def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+def lowest_in_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask (last dim) of the ``k`` lowest scores in every row; ties go to the lower index."""
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
@@ -61,9 +61,9 @@ def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool = Fal
     """Mask (True = prune) of ``int(n * sparsity)`` lowest scores per matrix, or per output row."""
     if per_row:
         rows = scores.reshape(scores.shape[0], -1)
-        return _lowest(rows, int(rows.shape[1] * sparsity)).reshape(scores.shape)
+        return lowest_in_rows(rows, int(rows.shape[1] * sparsity)).reshape(scores.shape)
     flat = scores.reshape(-1)
-    return _lowest(flat, int(flat.numel() * sparsity)).reshape(scores.shape)
+    return lowest_in_rows(flat, int(flat.numel() * sparsity)).reshape(scores.shape)
 
 
 def nm_mask(scores: torch.Tensor, pattern: NM) -> torch.Tensor:
@@ -73,7 +73,7 @@ def nm_mask(scores: torch.Tensor, pattern: NM) -> torch.Tensor:
     if cols % pattern.m:
         raise ValueError(f"N:M {pattern} needs the input size to be a multiple of {pattern.m}, got {cols}")
     blocks = rows.reshape(rows.shape[0], cols // pattern.m, pattern.m)
-    return _lowest(blocks, pattern.n).reshape(scores.shape)
+    return lowest_in_rows(blocks, pattern.n).reshape(scores.shape)
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,13 @@ def lowest_units(
         per = group.units_per_outer
         grid = scores.reshape(group.num_outer, per)
         if gqa == "groups":
-            outers = _lowest(grid.sum(1).double(), min(k // per, group.num_outer - 1))
+            outers = lowest_in_rows(grid.sum(1).double(), min(k // per, group.num_outer - 1))
             return torch.nonzero(outers.unsqueeze(1).expand(-1, per).reshape(-1)).flatten()
         if not uneven:
-            return torch.nonzero(_lowest(grid, min(k // group.num_outer, per - 1)).reshape(-1)).flatten()
-    return torch.nonzero(_lowest(scores, k)).flatten()
+            return torch.nonzero(
+                lowest_in_rows(grid, min(k // group.num_outer, per - 1)).reshape(-1)
+            ).flatten()
+    return torch.nonzero(lowest_in_rows(scores, k)).flatten()
 
 
 def _capped(group: Group, k: int, total: int, sparsity: float, strict: bool, what: str) -> int:

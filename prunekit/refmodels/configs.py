@@ -40,55 +40,32 @@ ARCHS: tuple[str, ...] = ("llama", "mamba", "mamba2")
 
 # Per-size shape choices.  "small" is the real reference (~6-7M parameters with a 4096-token
 # vocabulary); "micro" is for tests (a few thousand parameters, trains in milliseconds per step).
-_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+_FIELDS = {
+    "llama": (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+    ),
+    "mamba": ("hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel"),
+    "mamba2": (
+        "hidden_size", "num_hidden_layers", "state_size", "expand", "head_dim", "num_heads", "n_groups",
+        "conv_kernel", "chunk_size",
+    ),
+}  # fmt: skip
+_VALUES = {
+    # small: 8 heads of 32 in 4 key/value groups (grouped-query attention like SmolLM2, with enough heads
+    # that structured head pruning has a useful granularity); Mamba-2: 16 heads of 32 in 2 B/C groups,
+    # 16 * 32 == expand * hidden_size, as Mamba2Config requires
     "small": {
-        # 8 heads of 32 in 4 key/value groups: grouped-query attention like SmolLM2, with enough heads
-        # that structured head pruning has a useful granularity.
-        "llama": dict(
-            hidden_size=256,
-            num_hidden_layers=6,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            intermediate_size=688,
-        ),
-        "mamba": dict(hidden_size=256, num_hidden_layers=10, state_size=16, expand=2, conv_kernel=4),
-        # 16 heads of 32 in 2 B/C groups: 16 * 32 == expand * hidden_size, as Mamba2Config requires.
-        "mamba2": dict(
-            hidden_size=256,
-            num_hidden_layers=9,
-            state_size=64,
-            expand=2,
-            head_dim=32,
-            num_heads=16,
-            n_groups=2,
-            conv_kernel=4,
-            chunk_size=64,
-        ),
+        "llama": (256, 6, 8, 4, 688),
+        "mamba": (256, 10, 16, 2, 4),
+        "mamba2": (256, 9, 64, 2, 32, 16, 2, 4, 64),
     },
-    "micro": {
-        "llama": dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-        ),
-        "mamba": dict(hidden_size=32, num_hidden_layers=3, state_size=4, expand=2, conv_kernel=4),
-        "mamba2": dict(
-            hidden_size=32,
-            num_hidden_layers=3,
-            state_size=8,
-            expand=2,
-            head_dim=8,
-            num_heads=8,
-            n_groups=2,
-            conv_kernel=4,
-            chunk_size=16,
-        ),
-    },
+    "micro": {"llama": (32, 2, 4, 2, 64), "mamba": (32, 3, 4, 2, 4), "mamba2": (32, 3, 8, 2, 8, 8, 2, 4, 16)},
+}  # fmt: skip
+_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    size: {arch: dict(zip(_FIELDS[arch], values)) for arch, values in archs.items()}
+    for size, archs in _VALUES.items()
 }
 
-#: Named sizes accepted by :func:`reference_config`.
 SIZES: tuple[str, ...] = tuple(_SHAPES)
 
 

@@ -13,24 +13,8 @@ from typing import Any
 
 from ..methods.scorers import Scorer
 from ..methods.select import NM, parse_structure
+from . import request as rq
 from .options import OPTIONS, SpecError, SpecTypeError
-from .request import (
-    Calibration,
-    GlobalSearch,
-    LogisticSearch,
-    OWLAllocation,
-    PerLayerSearch,
-    PruneSpec,
-    Search,
-    SemiStructured,
-    Structure,
-    Structured,
-    UniformAllocation,
-    UniformSearch,
-    Unstructured,
-    default_structure,
-    scorer_class,
-)
 
 
 def build_spec(
@@ -40,14 +24,14 @@ def build_spec(
     targets: str | Sequence[str] | None = None,
     ignore: str | Sequence[str] | None = None,
     **options: Any,
-) -> PruneSpec:
+) -> rq.PruneSpec:
     """Validate a request and return it typed; raises :class:`SpecError` (a ``ValueError``) naming the
     problem. ``options`` are pruner options (:data:`prunekit.spec.OPTIONS`; None means "not given") and
     the method's own options (everything else, checked by the method's scorer)."""
-    cls = scorer_class(method)
+    cls = rq.scorer_class(method)
     pruner = {k: v for k, v in options.items() if k in OPTIONS and v is not None}
     scorer = _scorer(cls, {k: v for k, v in options.items() if k not in OPTIONS})
-    pattern = _structure(structure if structure is not None else default_structure(cls))
+    pattern = _structure(structure if structure is not None else rq.default_structure(cls))
     kind = "N:M" if isinstance(pattern, NM) else pattern
     if kind not in cls.structures:
         raise SpecError(
@@ -57,13 +41,13 @@ def build_spec(
     values = {key: OPTIONS[key].check(key, value) for key, value in pruner.items()}
     search = _search_name(values, cls, kind)
     _refuse_unused(values, kind, search, scorer)
-    return PruneSpec(
+    return rq.PruneSpec(
         method=method,
         sparsity=sparsity,
         structure=_typed_structure(pattern, values, scorer, search),
-        allocation=OWLAllocation(values.get("owl_lambda", 0.08), values.get("owl_m", 5.0))
+        allocation=rq.OWLAllocation(values.get("owl_lambda", 0.08), values.get("owl_m", 5.0))
         if values.get("allocation") == "owl"
-        else UniformAllocation(),
+        else rq.UniformAllocation(),
         calibration=_calibration(values, kind),
         targets=patterns(targets, "targets"),
         ignore=patterns(ignore, "ignore"),
@@ -151,12 +135,12 @@ def _refuse_unused(values: dict[str, Any], kind: str, search: str, scorer: Score
         )
 
 
-def _typed_structure(pattern: str | NM, values: dict[str, Any], scorer: Scorer, search: str) -> Structure:
+def _typed_structure(pattern: str | NM, values: dict[str, Any], scorer: Scorer, search: str) -> rq.Structure:
     if isinstance(pattern, NM):
-        return SemiStructured(pattern)
+        return rq.SemiStructured(pattern)
     if pattern == "unstructured":
-        return Unstructured(values.get("granularity") or scorer.default_granularity)
-    return Structured(
+        return rq.Unstructured(values.get("granularity") or scorer.default_granularity)
+    return rq.Structured(
         search=_typed_search(search, values),
         gqa=values.get("gqa", "heads"),
         mode=values.get("mode", "hard"),
@@ -167,21 +151,21 @@ def _typed_structure(pattern: str | NM, values: dict[str, Any], scorer: Scorer, 
     )
 
 
-def _typed_search(search: str, values: dict[str, Any]) -> Search:
+def _typed_search(search: str, values: dict[str, Any]) -> rq.Search:
     if search == "global":
-        return GlobalSearch()
+        return rq.GlobalSearch()
     if search == "logistic":
-        return LogisticSearch(**values.get("logistic", {}))
+        return rq.LogisticSearch(**values.get("logistic", {}))
     if search == "per-layer":
-        return PerLayerSearch(tuple(sorted(values["layer_sparsity"].items())))
-    return UniformSearch()
+        return rq.PerLayerSearch(tuple(sorted(values["layer_sparsity"].items())))
+    return rq.UniformSearch()
 
 
-def _calibration(values: dict[str, Any], kind: str) -> Calibration:
+def _calibration(values: dict[str, Any], kind: str) -> rq.Calibration:
     defaults = {k: OPTIONS[k].default for k in ("batch_size", "n_samples", "seq_len", "seed", "text_column")}
     chosen = {k: values.get(k, d) for k, d in defaults.items()}
     mode = values.get("calibration_mode") or ("sequential" if kind != "structured" else None)
-    return Calibration(mode=mode, **chosen)
+    return rq.Calibration(mode=mode, **chosen)
 
 
 def patterns(value: Any, what: str) -> tuple[str, ...] | None:

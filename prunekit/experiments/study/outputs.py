@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..sweep import csv_value
+from ..sweep import csv_value, settings_header
 from .texts import HELDOUT
 
 __all__ = ["write_outputs", "figures", "markdown", "read_csv"]
@@ -159,10 +159,8 @@ def markdown(
     rows: list[dict[str, Any]], text_names: Sequence[str], settings: Mapping[str, str], plots: Sequence[str]
 ) -> str:
     """Settings, dense perplexities, then per model a (method, component) x sparsity table of increases."""
-    lines = ["# prunekit study", ""]
-    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    lines = settings_header("prunekit study", settings)
     lines += [
-        "",
         "## Dense models",
         "",
         "| model | family | " + " | ".join(f"ppl {t}" for t in text_names) + " |",

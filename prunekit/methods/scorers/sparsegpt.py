@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..select import _lowest
+from ..select import lowest_in_rows
 from ..threads import single_thread
 from .base import Scorer, register_scorer
 
@@ -62,10 +62,10 @@ class SparseGPT(Scorer):
             if pattern is None:
                 saliency = w1**2 / d1.reshape(1, -1) ** 2
                 if selection.per_row:
-                    mask1 = _lowest(saliency, _share(cols, selection.sparsity, i1, i2))
+                    mask1 = lowest_in_rows(saliency, _share(cols, selection.sparsity, i1, i2))
                 else:
                     k = _share(total, selection.sparsity, rows * i1, rows * i2)
-                    mask1 = _lowest(saliency.reshape(-1), k).reshape(saliency.shape)
+                    mask1 = lowest_in_rows(saliency.reshape(-1), k).reshape(saliency.shape)
             else:
                 mask1 = torch.zeros_like(w1, dtype=torch.bool)
             self._sweep(w1, q1, err1, h1, d1, mask1, pattern, count)
@@ -90,7 +90,7 @@ class SparseGPT(Scorer):
             col = w1[:, i]
             if pattern is not None and i % pattern.m == 0:
                 sal = w1[:, i : i + pattern.m] ** 2 / d1[i : i + pattern.m].reshape(1, -1) ** 2
-                mask1[:, i : i + pattern.m] = _lowest(sal, pattern.n)
+                mask1[:, i : i + pattern.m] = lowest_in_rows(sal, pattern.n)
             q = col.masked_fill(mask1[:, i], 0.0)
             q1[:, i] = q
             e = (col - q) / d1[i]
