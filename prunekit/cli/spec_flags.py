@@ -44,11 +44,12 @@ _PARSERS = {"layer_sparsity": _floats, "dense_blocks": _ints_or_pair, "logistic"
 
 
 def _flag_kwargs(option: Option) -> dict[str, Any]:
+    # choices are shown, not enforced here: the spec refuses a bad value with the message Python gives
     choices = [c for c in option.choices or () if c is not None]
     if choices and all(isinstance(c, bool) for c in choices):
-        return {"choices": tuple(_ON_OFF), "help": option.help + " (on | off)"}
+        return {"metavar": "{on,off}", "help": option.help}
     if choices:
-        return {"choices": tuple(choices), "help": option.help}
+        return {"metavar": "{" + ",".join(choices) + "}", "help": option.help}
     if option.name in _PARSERS:
         return {"type": _PARSERS[option.name], "help": option.help}
     integer = getattr(option.check, "integer", None)

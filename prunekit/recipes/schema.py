@@ -156,7 +156,7 @@ def parse_recipe(text: str, file: str | None = None, base_dir: str | Path | None
     nodes = sequence(top["stages"][1], ctx.at("stages"), "stages")
     if not nodes:
         raise ctx.at("stages").error("needs at least one stage", top["stages"][1])
-    stages = [_stage(node, ctx.at("stages").at(i), i) for i, node in enumerate(nodes)]
+    stages = [_stage(node, ctx.at("stages").at(i), i, calibration) for i, node in enumerate(nodes)]
     seen: dict[str, Stage] = {}
     for stage in stages:
         if stage.name in seen:
@@ -202,7 +202,7 @@ def _calibration(node: Node, ctx: Ctx, base_dir: str | Path | None) -> Calibrati
     return CalibrationSpec(**out)
 
 
-def _stage(node: Node, ctx: Ctx, index: int) -> Stage:
+def _stage(node: Node, ctx: Ctx, index: int, calibration: CalibrationSpec) -> Stage:
     """A stage's values as YAML gives them (keys, types, line numbers), then :func:`build_spec` for
     everything a Python call would be told too, with the same message, pointed at the key's line."""
     keys = mapping(node, ctx, STAGE_KEYS, "a stage")
@@ -230,8 +230,9 @@ def _stage(node: Node, ctx: Ctx, index: int) -> Stage:
             setattr(stage, key, number(get(key), ctx.at(key), key, float("-inf"), float("inf")))
     if "options" in keys and not _empty(get("options")) and scorer_cls is not None:
         stage.options = _options(get("options"), ctx.at("options"), stage, scorer_cls, lines)
+    windows = {"n_samples": calibration.n_samples, "seq_len": calibration.seq_len, "seed": calibration.seed}
     try:
-        stage.spec = build_spec(**stage.prune_kwargs())
+        stage.spec = build_spec(**stage.prune_kwargs(), **windows)
     except SpecError as err:
         where = _key_of(err.key, stage, keys)
         raise RecipeError(str(err), ctx.at(where).key, lines.get(where, lines[""]), ctx.file) from None
