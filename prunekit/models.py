@@ -31,6 +31,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .io import from_pretrained, is_prunekit_dir
+
 __all__ = ["KNOWN_MODELS", "GgufSource", "load", "cache_dir"]
 
 logger = logging.getLogger(__name__)
@@ -99,8 +101,6 @@ def load(
             f"Unknown model {name_or_path!r}: it is neither a known model name ({known}) "
             "nor an existing local Hugging Face model directory."
         )
-    from .io import from_pretrained, is_prunekit_dir
-
     if is_prunekit_dir(path):  # per-layer sizes a plain loader cannot build
         model = from_pretrained(path, torch_dtype=dtype)
     else:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from ..families import get_adapter
 from ..graph.groups import Group, Member
 
 Decision = Sequence[tuple[Group, Iterable[int] | torch.Tensor]]
@@ -141,8 +142,6 @@ def remove(model: torch.nn.Module, decision: Decision, adapter=None, shapes: dic
     parameter shapes at trace time (``DependencyGraph.param_shapes``); when given, a model that changed
     since the trace is refused instead of being cut at the wrong places.
     """
-    from ..families import get_adapter
-
     adapter = adapter or get_adapter(model)
     checked = _validated(model, decision, shapes, adapter)
     drops: dict[tuple[str, int], list[torch.Tensor]] = defaultdict(list)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .. import api
 from ..data import calibration_ids, eval_windows
 from ..eval.perplexity import js_divergence, perplexity
+from ..models import load
 from ..spec import build_spec, scorer_class
 
 __all__ = ["sweep", "structure_for", "COLUMNS"]
@@ -178,8 +179,6 @@ def plan_points(
 def _load(model: ModelSource) -> tuple[torch.nn.Module, Any, str]:
     """(model, tokenizer, label) from a name/path, a factory or a tuple."""
     if isinstance(model, (str, Path)):
-        from ..models import load
-
         loaded, tokenizer = load(str(model))
         return loaded, tokenizer, str(model)
     if callable(model) and not isinstance(model, torch.nn.Module):

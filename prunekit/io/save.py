@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from ..families import get_adapter
+from ..version import __version__
 from .format import FORMAT, LIVE_KEYS, MASKS_FILE, REPORT_FILE, SECTION, SPARSITY_FILE
 from .load import module_named
 
@@ -193,8 +194,6 @@ def _stamp(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from ..version import __version__
-
     return __version__
 
 

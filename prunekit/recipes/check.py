@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..api import trace
 from ..engine.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
 from ..engine.unstructured import ACTIVATION_STATS
 from ..families import get_adapter
@@ -39,8 +40,6 @@ def check_recipe(model: torch.nn.Module, recipe: Recipe) -> None:
         fail = _failer(recipe, stage)
         if stage.kind == "structured":
             if graph is None:
-                from ..api import trace
-
                 graph = trace(model, adapter=adapter)
             groups = _resolve_groups(graph, adapter, stage, fail)
             _check_logistic(groups, stage, fail)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..api import prune_with_spec
+from ..data import calibration_ids
 from ..engine.report import PruneReport
 from ..spec import validate_calibration
 from .check import check_recipe
@@ -53,8 +54,6 @@ def recipe_calibration(
             f"stage(s) {needy} need calibration data: pass tokenizer= (to sample the recipe's "
             "calibration section) or calibration= token ids"
         )
-    from ..data import calibration_ids
-
     ids = calibration_ids(
         tokenizer, n_samples=spec.n_samples, seq_len=spec.seq_len, seed=spec.seed, source=spec.data_source
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..data import calibration_from_texts
 from .options import SpecError
 from .request import PruneSpec
 
@@ -75,8 +76,6 @@ def validate_calibration(
             and all(isinstance(t, str) for t in calibration)
         )
     ):
-        from ..data import calibration_from_texts
-
         opts = opts or {}
         calibration = calibration_from_texts(
             calibration,

@@ -17,6 +17,7 @@ from typing import Any
 
 from ...families import Adapter, Component, adapter_for_config
 from ...families.components import ALL
+from ...models import KNOWN_MODELS, load, resolve_alias
 
 
 @dataclass
@@ -43,8 +44,6 @@ def check_models(sources: list[str]) -> list[tuple[str, Adapter, tuple[Any, Any]
         ValueError: empty or duplicate list, a path that is not a model directory, or a config whose
             type transformers has no causal-LM class for (an encoder, a vision model, ...).
     """
-    from ...models import KNOWN_MODELS, load, resolve_alias
-
     if not sources:
         raise ValueError("the study needs at least one model")
     if len(set(sources)) != len(sources):

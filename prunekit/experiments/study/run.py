@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from ... import api
 from ...data import calibration_ids
 from ...eval.perplexity import perplexity
-from ...families import Component
+from ...families import Component, get_adapter
 from ...families.components import ALL
+from ...models import load
 from ...spec import default_structure
 from ..sweep import as_list, plan_points
 from . import inputs, outputs, texts
@@ -72,8 +73,6 @@ def prune_component(
         ValueError: the family has no such component, or the component has no targets for this
             method's kind of pruning (e.g. a structured method on ``"in_proj"``).
     """
-    from ...families import get_adapter
-
     if structure is None:
         structure = default_structure(method)
     if isinstance(component, str):
@@ -175,8 +174,6 @@ def _load(spec: inputs.ModelSpec) -> tuple[torch.nn.Module, Any]:
     if spec.preloaded is not None:
         loaded, spec.preloaded = spec.preloaded, None
         return loaded
-    from ...models import load
-
     return load(spec.source)
 
 
