@@ -203,4 +203,6 @@ def _task_weights(weights: Any) -> tuple[tuple[str, float], ...] | None:
         raise SpecTypeError(
             f"option task_weights must be a {{task: weight}} dict, got {weights!r}", "task_weights"
         )
+    if not any(float(v) for v in weights.values()):
+        raise SpecError(f"option task_weights gives every task weight 0: {weights!r}", "task_weights")
     return tuple(sorted((str(k), float(v)) for k, v in weights.items()))

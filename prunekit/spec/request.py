@@ -171,8 +171,9 @@ class PruneSpec:
         s, cal, alloc = self.structure, self.calibration, self.allocation
         structured = isinstance(s, Structured)
         search = s.search if structured else None
+        cls = scorer_class(self.method)
         return {
-            "granularity": s.granularity if isinstance(s, Unstructured) else None,
+            "granularity": s.granularity if isinstance(s, Unstructured) else cls.default_granularity,
             "gqa": s.gqa if structured else OPTIONS["gqa"].default,
             "mode": s.mode if structured else OPTIONS["mode"].default,
             "progress": self.progress,
@@ -185,7 +186,7 @@ class PruneSpec:
             "seq_len": cal.seq_len,
             "seed": cal.seed,
             "text_column": cal.text_column,
-            "structure_search": search.name if search is not None else None,
+            "structure_search": search.name if search is not None else cls.default_structure_search,
             "layer_sparsity": dict(search.ratios) if isinstance(search, PerLayerSearch) else None,
             "task": self.task,
             "task_weights": dict(self.task_weights) if self.task_weights is not None else None,
