@@ -166,7 +166,7 @@ def _refuse_unused(given: dict[str, Any], kind: str, opts: dict[str, Any], score
             raise ValueError(f"option {key}={value!r} applies to {' / '.join(kinds)} pruning, not {kind}")
         if needs is not None and opts[needs[0]] != needs[1]:
             raise ValueError(f"option {key}={value!r} is only used with {needs[0]}={needs[1]!r}")
-    calibrated = bool(scorer.needs) or opts["allocation"] == "owl"
+    calibrated = bool(scorer.requires) or opts["allocation"] == "owl"
     if given.get("calibration_mode") is not None and not calibrated:
         raise ValueError(
             f"option calibration_mode: method {scorer.name!r} reads no calibration statistics here"
@@ -242,8 +242,9 @@ def prune(
         calibration = {str(k): validate_calibration(v, model, pruner_opts) for k, v in calibration.items()}
     else:
         calibration = validate_calibration(calibration, model, pruner_opts)
-    if (scorer.needs or pruner_opts["allocation"] == "owl") and calibration is None:
-        raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(scorer.needs)})")
+    if (scorer.requires or pruner_opts["allocation"] == "owl") and calibration is None:
+        needs = sorted(map(str, scorer.requires))
+        raise ValueError(f"method {method!r} needs calibration data (statistics: {needs})")
 
     adapter = get_adapter(model)
     layer_names = _layer_names(model, adapter)

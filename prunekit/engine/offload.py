@@ -32,12 +32,13 @@ from ..io.checkpoint import LazyCheckpoint
 from ..io.format import FORMAT, SECTION, SPARSITY_FILE, CheckpointError, mask_shard
 from ..methods.scorers import get_scorer
 from ..methods.select import NM, parse_structure
+from ..methods.statistics import Scope, of_scope
 from ..spec import check_nm, default_structure, validate_calibration
 from . import distributed
 from .calibration import BlockStream
 from .memory import release_free_memory, use_mmap_for_large_buffers
 from .targets import weight_targets
-from .unstructured import ACTIVATION_STATS, prune_unstructured
+from .unstructured import prune_unstructured
 
 __all__ = ["prune_offloaded", "OffloadResult"]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
@@ -88,23 +89,7 @@ def prune_offloaded(
     t0 = time.perf_counter()
     scorer = get_scorer(method, **scorer_options)
     pattern = parse_structure(structure or default_structure(scorer))
-    if pattern == "structured":
-        raise ValueError(
-            "offloaded pruning supports unstructured and N:M methods; structured pruning picks units "
-            "with a global view and reshapes the whole model: load it in memory (prunekit.prune)"
-        )
-    kind = "N:M" if isinstance(pattern, NM) else pattern
-    if kind not in scorer.structures:
-        raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
-    if "grad" in scorer.needs:
-        raise ValueError(
-            f"method {method!r} needs gradients of the full model, which offloading cannot provide"
-        )
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    needs = scorer.needs & ACTIVATION_STATS
-    if needs and calibration is None:
-        raise ValueError(f"method {method!r} needs calibration data (statistics: {sorted(needs)})")
+    _refuse_unsupported(scorer, method, pattern, sparsity, calibration)
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output directory {str(out)!r} is not empty (pass overwrite=True to replace it)")
@@ -151,6 +136,30 @@ def prune_offloaded(
         out, method, str(pattern), float(sparsity), masked / total if total else 0.0,
         time.perf_counter() - t0, {k: m / n for k, (m, n) in writer.mask_counts.items()},
     )  # fmt: skip
+
+
+def _refuse_unsupported(scorer, method: str, pattern, sparsity, calibration) -> None:
+    """Everything offloading cannot do, refused before anything is read: structured pruning, full-model
+    statistics (the scorer's declared gradients), a bad sparsity, or block statistics without data."""
+    if pattern == "structured":
+        raise ValueError(
+            "offloaded pruning supports unstructured and N:M methods; structured pruning picks units "
+            "with a global view and reshapes the whole model: load it in memory (prunekit.prune)"
+        )
+    kind = "N:M" if isinstance(pattern, NM) else pattern
+    if kind not in scorer.structures:
+        raise ValueError(f"method {method!r} does not support {kind} pruning (supports {scorer.structures})")
+    full_model = sorted(map(str, of_scope(scorer.requires, Scope.MODEL)))
+    if full_model:
+        raise ValueError(
+            f"method {method!r} needs gradients of the full model ({', '.join(full_model)}), which "
+            "offloading cannot provide"
+        )
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    needs = sorted(map(str, of_scope(scorer.requires, Scope.BLOCK)))
+    if needs and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data (statistics: {needs})")
 
 
 def _skeleton(ckpt: LazyCheckpoint) -> tuple[torch.nn.Module, dict[str, list[str]]]:

@@ -14,11 +14,11 @@ import math
 import torch
 
 from ..engine.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
-from ..engine.unstructured import ACTIVATION_STATS
 from ..families import get_adapter
 from ..methods.budgets import logistic_ratios
 from ..methods.scorers import SCORERS
 from ..methods.select import NM, parse_structure
+from ..methods.statistics import Scope, of_scope
 from .nodes import RecipeError
 from .schema import Recipe, Stage
 
@@ -102,7 +102,7 @@ def _check_logistic(groups, stage: Stage, fail) -> None:
 
 
 def _check_inside_blocks(targeted: dict, block_names: list[str], stage: Stage, fail) -> None:
-    if not (SCORERS[stage.method].needs & ACTIVATION_STATS or stage.allocation == "owl"):
+    if not (of_scope(stage.scorer().requires, Scope.BLOCK) or stage.allocation == "owl"):
         return
     outside = sorted(n for n in targeted if not any(n.startswith(b + ".") for b in block_names))
     if outside:

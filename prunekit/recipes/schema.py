@@ -16,7 +16,7 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from ..api import OPTION_SCOPE, PRUNER_OPTIONS
-from ..methods.scorers import SCORERS, get_scorer
+from ..methods.scorers import SCORERS, Scorer, get_scorer
 from ..methods.select import NM, parse_structure
 from ..models import KNOWN_MODELS
 from ..spec import default_structure
@@ -109,11 +109,17 @@ class Stage:
                 kwargs[key] = getattr(self, key)
         return kwargs
 
+    def scorer(self) -> Scorer:
+        """The stage's scorer, built with its method options: those decide what it reads (FLAP's
+        metric, GBLM's scale), so the class alone cannot say."""
+        options = SCORERS[self.method].options
+        return get_scorer(self.method, **{k: v for k, v in self.options.items() if k in options})
+
     def needs_calibration(self) -> bool:
-        scorer = SCORERS[self.method]
+        scorer = self.scorer()
         compensate = self.options.get("bias_compensation")
         compensate = scorer.compensates if compensate is None else compensate
-        return bool(scorer.needs or self.allocation == "owl" or (self.kind == "structured" and compensate))
+        return bool(scorer.requires or self.allocation == "owl" or (self.kind == "structured" and compensate))
 
     def line(self, key: str = "") -> int | None:
         return self.lines.get(key, self.lines.get(""))
