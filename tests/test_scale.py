@@ -24,6 +24,7 @@ from prunekit import prune_offloaded
 from prunekit.engine.stats import StatsCollector
 from prunekit.io.format import CheckpointError
 from prunekit.io.load import load_masks
+from prunekit.methods.statistics import Hessian, Moments, SquaredNorms
 from prunekit.refmodels.configs import reference_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,10 +180,11 @@ def test_half_precision_keeps_dtype_with_fp32_statistics(tmp_path):
         t.dtype for f in (tmp_path / "out").glob("model-*.safetensors") for t in load_file(f).values()
     } == {torch.bfloat16}
     layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
-    with StatsCollector({"l": layer}, frozenset({"sq_norm", "hessian", "mean"})) as collector:
+    with StatsCollector({"l": layer}, {SquaredNorms(), Hessian(), Moments()}) as collector:
         layer(torch.randn(3, 8, dtype=torch.bfloat16))
     stats = collector.stats()["l"]
-    assert {stats[k].dtype for k in ("sq_norm", "hessian", "mean", "var")} == {torch.float32}
+    values = (stats[SquaredNorms], stats[Hessian], stats[Moments].mean, stats[Moments].var)
+    assert {v.dtype for v in values} == {torch.float32}
 
 
 def _torchrun(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:

@@ -107,8 +107,9 @@ def test_flap_unit_scores_follow_the_weighted_fluctuation():
     w = model.get_parameter(consumer.param)
     expected = x.var(0, unbiased=False) * (w * w).sum(0)
     from prunekit.methods.scorers import get_scorer
+    from prunekit.methods.statistics import MeanVar, ModuleStats, Moments
 
-    stats = {consumer.module: {"mean": x.mean(0), "var": x.var(0, unbiased=False)}}
+    stats = {consumer.module: ModuleStats({Moments: MeanVar(x.mean(0), x.var(0, unbiased=False))})}
     got = get_scorer("flap").unit_scores(group, {p: model.get_parameter(p) for p in group.params}, stats)
     torch.testing.assert_close(got.float(), expected[consumer.positions], rtol=1e-5, atol=1e-6)
 

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 import prunekit
 from prunekit.engine.calibration import run_blockwise
-from prunekit.engine.gradients import gradient_norms
+from prunekit.engine.gradients import model_statistics
 from prunekit.methods.allocation import owl_sparsities
 from prunekit.methods.scorers import get_scorer
 from prunekit.methods.select import NM, Selection
+from prunekit.methods.statistics import GradientNorms, Hessian, ModuleStats, SquaredNorms
 
 METHODS = ["magnitude", "wanda", "sparsegpt", "gblm"]
 
@@ -49,7 +50,7 @@ def test_wanda_prunes_lowest_weight_times_activation_norm_per_row(rows, cols, sp
     norms_sq = torch.tensor(
         data.draw(st.lists(st.sampled_from([0.0, 1.0, 4.0, 9.0]), min_size=cols, max_size=cols))
     )
-    stats = {"sq_norm": norms_sq.reshape(1, -1), "n_samples": 1}
+    stats = ModuleStats({SquaredNorms: norms_sq.reshape(1, -1)}, n_samples=1)
     new, mask = get_scorer("wanda").prune_matrix(w, stats, Selection(sparsity, per_row=True))
     k = int(cols * sparsity)
     score = w.abs() * norms_sq.sqrt()
@@ -63,7 +64,7 @@ def test_wanda_nm_picks_n_lowest_scores_in_every_block():
     torch.manual_seed(0)
     w, norms = torch.randn(8, 16), torch.rand(16) * 4
     _new, mask = get_scorer("wanda").prune_matrix(
-        w, {"sq_norm": norms.reshape(1, -1), "n_samples": 1}, Selection(0.0, NM(2, 4))
+        w, ModuleStats({SquaredNorms: norms.reshape(1, -1)}, n_samples=1), Selection(0.0, NM(2, 4))
     )
     score = (w.abs() * norms.sqrt()).reshape(8, 4, 4)
     lowest = torch.argsort(score, dim=-1)[..., :2]
@@ -84,7 +85,7 @@ def test_sparsegpt_beats_mask_only_reconstruction_with_the_same_mask(selection):
     x = torch.randn(512, 64) @ torch.randn(64, 64) * 0.3  # correlated inputs, as in real layers
     w = torch.randn(24, 64)
     scorer = get_scorer("sparsegpt", blocksize=16)
-    new, mask = scorer.prune_matrix(w, {"hessian": _hessian(x)}, selection)
+    new, mask = scorer.prune_matrix(w, ModuleStats({Hessian: _hessian(x)}), selection)
     assert torch.equal(new == 0, mask | (new == 0)) and bool((new[mask] == 0).all())
     mask_only = w.masked_fill(mask, 0)
     err_update = ((w - new) @ x.t()).norm()
@@ -104,7 +105,7 @@ def test_gradient_norms_match_per_sequence_autograd():
     model = make_tiny_llama(seed=2)
     ids = _ids(3, 10)
     weight = model.model.layers[0].mlp.down_proj.weight
-    got = gradient_norms(model, ids, {"down": weight}, scale=10.0)["down"]
+    got = model_statistics(model, ids, {"down": weight}, {GradientNorms(scale=10.0)})["down"][GradientNorms]
     expected = torch.zeros_like(weight)
     for row in ids:
         model.zero_grad()

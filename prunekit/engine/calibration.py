@@ -14,12 +14,13 @@ blocks take different masks work too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from ..methods.statistics import ModuleStats, Statistic
 from . import distributed
 from .stats import StatsCollector
 
@@ -150,7 +151,7 @@ def capture_first_inputs(model: torch.nn.Module, first: torch.nn.Module, ids: to
     return box[0]
 
 
-BlockCallback = Callable[[int, torch.nn.Module, dict], None]
+BlockCallback = Callable[[int, torch.nn.Module, dict[str, ModuleStats]], None]
 
 
 class BlockStream:
@@ -173,7 +174,7 @@ def run_blockwise(
     blocks: Sequence[torch.nn.Module],
     ids: torch.Tensor,
     modules_per_block: Sequence[dict[str, torch.nn.Module]],
-    needs: frozenset[str],
+    needs: Collection[Statistic],
     on_block: BlockCallback,
     mode: str = "sequential",
     batch_size: int = 8,
@@ -184,9 +185,10 @@ def run_blockwise(
 ) -> None:
     """Run calibration ``ids`` [N, L] block by block, calling ``on_block(index, block, stats)``.
 
-    ``stats`` maps each name of ``modules_per_block[index]`` to its input statistics (see
-    :mod:`prunekit.engine.stats`). ``mode="sequential"`` recomputes each block's outputs after
-    ``on_block`` (which may prune it), ``"dense"`` passes on the outputs computed before it.
+    ``stats`` maps each name of ``modules_per_block[index]`` to the block-scope statistics of ``needs``
+    (a :class:`~prunekit.methods.statistics.ModuleStats`, see :mod:`prunekit.engine.stats`).
+    ``mode="sequential"`` recomputes each block's outputs after ``on_block`` (which may prune it),
+    ``"dense"`` passes on the outputs computed before it.
     ``stream`` brings each block's weights in before it runs and takes them out after (offloaded
     models, see :mod:`prunekit.engine.offload`); by default every block is already in memory.
     Under ``torchrun`` each rank calibrates on its shard of ``ids`` and statistics are all-reduced.

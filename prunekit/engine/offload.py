@@ -31,11 +31,11 @@ from safetensors.torch import save_file
 
 from ..io.checkpoint import LazyCheckpoint
 from ..io.format import FORMAT, SECTION, SPARSITY_FILE, CheckpointError, mask_shard
+from ..methods.statistics import Scope, of_scope
 from ..spec import PruneSpec, prepare_calibration
 from . import distributed, pipeline
 from .calibration import BlockStream
 from .memory import release_free_memory, use_mmap_for_large_buffers
-from .unstructured import ACTIVATION_STATS
 
 __all__ = ["OffloadResult", "check_offloadable", "offload_prune"]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
@@ -65,9 +65,9 @@ def offload_prune(
     (:func:`prunekit.prune_offloaded` builds the spec). Everything is checked before a tensor is read."""
     t0 = time.perf_counter()
     check_offloadable(spec)
-    needs = spec.scorer().needs & ACTIVATION_STATS
+    needs = sorted(map(str, of_scope(spec.scorer().requires, Scope.BLOCK)))
     if needs and calibration is None:  # before the checkpoint is opened
-        raise ValueError(f"method {spec.method!r} needs calibration data (statistics: {sorted(needs)})")
+        raise ValueError(f"method {spec.method!r} needs calibration data (statistics: {needs})")
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output directory {str(out)!r} is not empty (pass overwrite=True to replace it)")
@@ -112,10 +112,11 @@ def check_offloadable(spec: PruneSpec) -> None:
             "offloaded pruning supports unstructured and N:M methods; structured pruning picks units "
             "with a global view and reshapes the whole model: load it in memory (prunekit.prune)"
         )
-    scorer = spec.scorer()
-    if "grad" in scorer.needs:
+    full_model = sorted(map(str, of_scope(spec.scorer().requires, Scope.MODEL)))
+    if full_model:
         raise ValueError(
-            f"method {spec.method!r} needs gradients of the full model, which offloading cannot provide"
+            f"method {spec.method!r} needs gradients of the full model ({', '.join(full_model)}), which "
+            "offloading cannot provide"
         )
     if spec.allocation.name != "uniform":
         raise ValueError(

@@ -1,14 +1,11 @@
 """Per-layer input statistics gathered by forward hooks while calibration data flows through a block.
 
-Scorers name what they need (``Scorer.needs``); only that is accumulated, always in fp32 or fp64, whatever
-the model's dtype. Per-feature sums run in fp64 and are rounded to fp32 at the end, so that splitting the
-calibration set over processes (which changes the summation order) gives the same fp32 statistics and
-masks (barring an fp64 sum within 1e-16 of an fp32 rounding boundary); X^T X stays fp32 (its size
-makes fp64 costly), which is why SparseGPT matches only to tolerance:
-
-- ``sq_norm``: sum over tokens of x_j^2 per input feature (Wanda's ||X_j||^2), with ``n_samples``.
-- ``hessian``: X^T X over tokens, scaled as 2/n like SparseGPT's H (used for OBS updates).
-- ``mean`` / ``var``: per input feature mean and (population) variance over tokens (FLAP's fluctuation).
+Scorers declare what they read (``Scorer.requires``); the collector gathers exactly the block-scope
+statistics among those (:class:`~prunekit.methods.statistics.BlockStatistic`), one accumulator per
+(module, statistic), and knows none of them by name: each statistic owns its running sums and
+finalisation (fp32 or fp64 whatever the model's dtype, see :mod:`prunekit.methods.statistics`). This
+module only turns what a hook sees into ``[tokens, features]`` inputs, counts tokens and sequences,
+refuses non-finite activations, and sums every running sum over ranks under ``torchrun``.
 
 Features are the weight's input features: the last dim of a Linear's input, the channel dim of a
 depthwise Conv1d's input.
@@ -16,25 +13,25 @@ depthwise Conv1d's input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
 
 import torch
 
+from ..methods.statistics import Accumulator, ModuleStats, Scope, Statistic, ordered
 from . import distributed
-
-KNOWN_STATS = frozenset({"sq_norm", "hessian", "mean", "var", "grad"})
 
 
 class NonFiniteActivationError(ValueError):
     """Calibration activations contain NaN or inf: statistics (and every score) would be meaningless."""
 
 
-@dataclass
 class LayerStats:
-    needs: frozenset[str]
-    n_tokens: int = 0
-    n_samples: int = 0
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    """One module's accumulators (one per declared statistic) and the counts they share."""
+
+    def __init__(self, statistics: Collection[Statistic]) -> None:
+        self.accumulators = [Accumulator(s) for s in ordered(statistics)]
+        self.n_tokens = 0
+        self.n_samples = 0
 
     def add(self, x: torch.Tensor, name: str, samples: int) -> None:
         """``x``: [tokens, features]."""
@@ -43,36 +40,25 @@ class LayerStats:
                 f"non-finite activations (NaN/inf) enter {name} during calibration"
             )
         x = x.float()
-        tokens = x.shape[0]
-        moments = "mean" in self.needs or "var" in self.needs
-        if moments or "sq_norm" in self.needs:  # fp64: the same fp32 result in any summation order
-            xd = x.double()
-            self._acc("sumsq", (xd * xd).sum(0))  # Wanda's ||X_j||^2 and FLAP's second moment alike
-            if moments:
-                self._acc("sum", xd.sum(0))
-        if "hessian" in self.needs:
-            self._acc("xtx", x.t() @ x)
-        self.n_tokens += tokens
+        for acc in self.accumulators:
+            acc.add(x)
+        self.n_tokens += x.shape[0]
         self.n_samples += samples
 
-    def _acc(self, key: str, value: torch.Tensor) -> None:
-        if key in self.sums:
-            self.sums[key] += value
-        else:
-            self.sums[key] = value.clone()
+    def all_reduce(self) -> None:
+        """Sum the counts and every statistic's running sums over ranks, in place."""
+        counts = torch.tensor([self.n_tokens, self.n_samples], dtype=torch.float64)
+        distributed.all_reduce_([counts, *(t for acc in self.accumulators for t in acc.tensors())])
+        self.n_tokens, self.n_samples = (int(c) for c in counts.tolist())
 
-    def result(self) -> dict[str, torch.Tensor | int]:
-        out: dict[str, torch.Tensor | int] = {"n_tokens": self.n_tokens, "n_samples": self.n_samples}
-        n = max(1, self.n_tokens)
-        if "sq_norm" in self.needs and "sumsq" in self.sums:
-            out["sq_norm"] = self.sums["sumsq"].float()
-        if "sum" in self.sums:
-            mean = self.sums["sum"] / n
-            out["mean"] = mean.float()
-            out["var"] = (self.sums["sumsq"] / n - mean * mean).clamp_min(0).float()
-        if "xtx" in self.sums:
-            out["hessian"] = self.sums["xtx"] * (2.0 / n)
-        return out
+    def result(self) -> ModuleStats:
+        """The finalised statistics (those that saw any input) with the counts."""
+        values = {}
+        for acc in self.accumulators:
+            value = acc.result(self.n_tokens)
+            if value is not None:
+                values[type(acc.statistic)] = value
+        return ModuleStats(values, self.n_tokens, self.n_samples)
 
 
 def _features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -82,17 +68,23 @@ def _features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class StatsCollector:
-    """Forward pre-hooks on the named modules; ``stats()`` returns each module's statistics.
+    """Forward pre-hooks on the named modules; ``stats()`` returns each module's :class:`ModuleStats`.
 
-    A module whose weight the model's code uses directly (``self.dt_proj.weight @ x``, a fused conv
-    kernel) never sees its input through a hook; ``taps`` maps such a module's name to
-    ``(source_module, fn)``: the input is ``fn(source's output)``, features last. Adapters declare them.
+    ``needs`` holds statistic declarations; only the block-scope ones are gathered here (full-model
+    statistics come from :mod:`prunekit.engine.gradients`). A module whose weight the model's code uses
+    directly (``self.dt_proj.weight @ x``, a fused conv kernel) never sees its input through a hook;
+    ``taps`` maps such a module's name to ``(source_module, fn)``: the input is ``fn(source's output)``,
+    features last. Adapters declare them.
     """
 
     def __init__(
-        self, modules: dict[str, torch.nn.Module], needs: frozenset[str], taps: dict | None = None
+        self,
+        modules: dict[str, torch.nn.Module],
+        needs: Collection[Statistic],
+        taps: dict | None = None,
     ) -> None:
-        self.layers = {name: LayerStats(needs) for name in modules}
+        statistics = [s for s in needs if s.scope is Scope.BLOCK]
+        self.layers = {name: LayerStats(statistics) for name in modules}
         self.handles = []
         taps = taps or {}
         for name, mod in modules.items():
@@ -121,19 +113,12 @@ class StatsCollector:
             h.remove()
         self.handles = []
 
-    def stats(self) -> dict[str, dict]:
+    def stats(self) -> dict[str, ModuleStats]:
         """Each module's statistics; under ``torchrun`` summed over every rank's calibration shard first."""
         if distributed.active():
-            self._all_reduce()
+            for name in sorted(self.layers):
+                self.layers[name].all_reduce()
         return {name: s.result() for name, s in self.layers.items()}
-
-    def _all_reduce(self) -> None:
-        for name in sorted(self.layers):
-            layer = self.layers[name]
-            counts = torch.tensor([layer.n_tokens, layer.n_samples], dtype=torch.float64)
-            keys = sorted(layer.sums)
-            distributed.all_reduce_([counts, *(layer.sums[k] for k in keys)])
-            layer.n_tokens, layer.n_samples = (int(c) for c in counts.tolist())
 
     def __enter__(self) -> StatsCollector:
         return self

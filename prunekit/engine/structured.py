@@ -30,9 +30,10 @@ from ..methods.budgets import (
     round_kept,
     shortfall_notes,
 )
-from ..methods.refit import refit
+from ..methods.compensation import COMPENSATIONS, requirements
+from ..methods.statistics import ModuleStats, Scope, of_scope, pooled
 from .calibration import run_blockwise
-from .gradients import gradient_sums
+from .gradients import model_statistics
 from .snapshot import Snapshot
 from .surgery import dropped_outer, member_positions, remove, soft_zero, validate
 
@@ -61,8 +62,10 @@ def consumers(group: Group) -> list:
     return [m for m in group.members if m.side == "in" and m.dim == 1 and m.attr == "weight"]
 
 
-def consumer_stats(model, blocks, groups, needs, calibration, batch_size, progress, taps=None) -> dict:
-    """Input statistics of every consumer module of ``groups``, from one dense block-wise pass."""
+def consumer_stats(
+    model, blocks, groups, needs, calibration, batch_size, progress, taps=None
+) -> dict[str, ModuleStats]:
+    """Block-scope statistics of every consumer module of ``groups``, from one dense block-wise pass."""
     if not needs:
         return {}
     names = {m.module for g in groups for m in consumers(g)}
@@ -72,7 +75,7 @@ def consumer_stats(model, blocks, groups, needs, calibration, batch_size, progre
     for b in blocks:
         prefix = block_names[id(b)] + "."
         per_block.append({n: modules[n] for n in names if n.startswith(prefix)})
-    stats: dict[str, dict] = {}
+    stats: dict[str, ModuleStats] = {}
 
     def keep(_index, _block, block_stats):
         stats.update(block_stats)
@@ -117,17 +120,16 @@ def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
 
 def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
     """Bias deltas W[:, removed] @ mean(x[removed]) for every consumer with statistics."""
+    mean_bias = COMPENSATIONS["mean"]
     deltas: dict[str, torch.Tensor] = {}
     for group, units in plan_decision:
         for m in consumers(group):
-            if m.module not in stats or "mean" not in stats[m.module]:
+            if not mean_bias.applies(stats.get(m.module)):
                 continue
             pos = member_positions(m, group, units)
             if pos.numel() == 0:
                 continue
-            w = model.get_parameter(m.param).detach().float()
-            mean = stats[m.module]["mean"].reshape(-1).float()
-            delta = w[:, pos] @ mean[pos]
+            delta = mean_bias.bias_delta(model.get_parameter(m.param), stats[m.module], pos)
             deltas[m.module] = deltas.get(m.module, 0) + delta
     return deltas
 
@@ -135,11 +137,12 @@ def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
 def refits(model, plan_decision, stats) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Least-squares refit of every consumer with statistics (:mod:`.refit`): new weights by parameter
     name (removed columns zeroed) and the bias deltas that take each bias to its refitted value."""
+    solver = COMPENSATIONS["refit"]
     removed: dict[str, list[torch.Tensor]] = {}
     params: dict[str, str] = {}
     for group, units in plan_decision:
         for m in consumers(group):
-            if m.module in stats and "hessian" in stats[m.module]:
+            if solver.applies(stats.get(m.module)):
                 removed.setdefault(m.module, []).append(member_positions(m, group, units))
                 params[m.module] = m.param
     weights, deltas = {}, {}
@@ -148,8 +151,7 @@ def refits(model, plan_decision, stats) -> tuple[dict[str, torch.Tensor], dict[s
         if cut.numel() == 0:
             continue
         layer = model.get_submodule(module)
-        st = stats[module]
-        new_w, new_b = refit(layer.weight, getattr(layer, "bias", None), st["hessian"], st["mean"], cut)
+        new_w, new_b = solver.solve(layer.weight, getattr(layer, "bias", None), stats[module], cut)
         weights[params[module]] = new_w.to(layer.weight.dtype)
         old_b = getattr(layer, "bias", None)
         deltas[module] = new_b - (0 if old_b is None else old_b.detach().double())
@@ -180,7 +182,9 @@ def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
     return created
 
 
-def _score_groups(model, groups, scorer, stats, primary, grads=None, comparable=False) -> list[torch.Tensor]:
+def _score_groups(
+    model, groups, scorer, stats, primary, per_param=None, comparable=False
+) -> list[torch.Tensor]:
     """Each group's unit scores from its primary consumers' statistics (``comparable``: on the scale the
     global search shares across groups)."""
     scores = []
@@ -188,11 +192,11 @@ def _score_groups(model, groups, scorer, stats, primary, grads=None, comparable=
         weights = {p: model.get_parameter(p) for p in group.params}
         readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
         group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
-        if grads:  # parameter gradients ride along as "grad.<attr>" of each member's module
+        if per_param:  # full-model statistics belong to parameters: each member's, on its module
             for m in group.members:
-                module_stats = group_stats.setdefault(m.module, {})
-                group_stats[m.module] = {**module_stats, f"grad.{m.attr}": grads[m.param]}
-        if scorer.needs and not group_stats:
+                module_stats = group_stats.get(m.module, ModuleStats())
+                group_stats[m.module] = module_stats.with_params(m.attr, per_param[m.param])
+        if scorer.requires and not group_stats:
             raise ValueError(
                 f"method {scorer.name!r} needs consumer statistics, but group {group.name!r} "
                 "has no consuming layer inside the blocks"
@@ -236,7 +240,7 @@ def plan_structured(
         raise ValueError(f"{what} needs calibration data (or pass bias_compensation=False)")
     _check_task(calibration, opts.get("task"))
     groups, sparsity = spare_blocks(model, adapter, groups, sparsity, opts.get("dense_blocks"), structure)
-    needs = scorer.needs | {"mean": {"mean"}, "refit": {"mean", "hessian"}}.get(compensate, set())
+    needs = scorer.requires | requirements(compensate)
     mode = opts.get("calibration_mode") or default_calibration(groups, calibration, scorer, structure)
     if mode == "sequential":
         check_sequential(groups, calibration, scorer, structure)
@@ -299,7 +303,7 @@ def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, structur
 def default_calibration(groups, calibration, scorer, structure: str) -> str:
     """The method's own choice (the reference code's: FLAP dense, Wanda-sp sequential), or dense where
     sequential statistics cannot serve the call."""
-    if scorer.structured_calibration != "sequential" or not scorer.needs:
+    if scorer.structured_calibration != "sequential" or not scorer.requires:
         return "dense"
     try:
         check_sequential(groups, calibration, scorer, structure)
@@ -317,7 +321,7 @@ def check_sequential(groups, calibration, scorer, structure: str) -> None:
         )
     if isinstance(calibration, dict):
         raise ValueError("task-specific calibration ({task: data}) needs calibration_mode='dense'")
-    if "param_grad" in scorer.needs:
+    if of_scope(scorer.requires, Scope.MODEL):
         raise ValueError(
             f"method {scorer.name!r} scores with full-model gradients, not block by block: "
             "calibration_mode='dense'"
@@ -340,21 +344,19 @@ def _check_task(calibration, task) -> None:
 
 def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress):
     """Scores (comparable across groups for the global search) and consumer statistics, per task."""
-    wants_grads = "param_grad" in needs
-    needs = needs - {"param_grad"}
     blocks = adapter.layers(model)
     taps = adapter.stat_taps(model)
     primary = primary_consumers(graph)
     comparable = structure == "global"
     sources = calibration if isinstance(calibration, dict) else {None: calibration}
+    block_needs = of_scope(needs, Scope.BLOCK)
+    params = {p: model.get_parameter(p) for g in groups for p in g.params}
     stats_by, scores_by = {}, {}
     for name, ids in sources.items():
-        stats_by[name] = consumer_stats(model, blocks, groups, needs, ids, opts["batch_size"], progress, taps)
-        grads = None
-        if wants_grads:
-            params = {p: model.get_parameter(p) for g in groups for p in g.params}
-            grads = gradient_sums(model, ids, params, progress=progress)
-        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, grads, comparable)
+        batch = opts["batch_size"]
+        stats_by[name] = consumer_stats(model, blocks, groups, block_needs, ids, batch, progress, taps)
+        per_param = model_statistics(model, ids, params, needs, progress=progress)  # {} without MODEL needs
+        scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, per_param, comparable)
     if isinstance(calibration, dict) and opts.get("task") is None:
         return _blend(scores_by, opts.get("task_weights")), _pooled(stats_by)
     key = opts.get("task") if isinstance(calibration, dict) else None
@@ -444,17 +446,16 @@ def _plan_sequential(
     return plan
 
 
-def _pooled(stats_by: dict) -> dict:
-    """Token-weighted mean of the per-task means (all compensation needs)."""
-    out: dict[str, dict] = {}
-    for stats in stats_by.values():
-        for module, st in stats.items():
-            if "mean" not in st:
-                continue
-            acc = out.setdefault(module, {"sum": 0, "n": 0})
-            acc["sum"] = acc["sum"] + st["mean"].double() * st["n_tokens"]
-            acc["n"] += st["n_tokens"]
-    return {m: {"mean": (a["sum"] / max(1, a["n"])).float()} for m, a in out.items()}
+def _pooled(stats_by: dict[str, dict[str, ModuleStats]]) -> dict[str, ModuleStats]:
+    """Each consumer's statistics pooled over the tasks, token-weighted, where a statistic can be pooled
+    (the input moments, all that mean compensation needs)."""
+    modules = dict.fromkeys(m for stats in stats_by.values() for m in stats)
+    out = {}
+    for module in modules:
+        st = pooled([stats[module] for stats in stats_by.values() if module in stats])
+        if st is not None:
+            out[module] = st
+    return out
 
 
 def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:

@@ -2,8 +2,10 @@
 
 Weights-only scorers (magnitude) score every targeted matrix directly. Scorers that read activation
 statistics run through the block-wise calibration engine: each block is scored on its inputs and
-pruned before the next block's inputs are computed. Gradient statistics are computed up front (they
-need the whole model). Allocation decides each block's sparsity (uniform, or OWL from a dense pass).
+pruned before the next block's inputs are computed. Full-model statistics (gradients) are computed up
+front. Which is which the scorer's declared statistics say (their scope); this module knows none of
+them by name. Allocation decides each block's sparsity (uniform, or OWL from a dense pass that scores
+every block with the registered scorer OWL names).
 
 Every weight that changes is backed up first, so an error half-way (NaN activations, a failing
 Cholesky) restores the model exactly before it propagates.
@@ -16,14 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..methods.allocation import outlier_ratio, owl_sparsities
-from ..methods.scorers.base import Scorer
-from ..methods.scorers.wanda import activation_norms
+from ..methods.allocation import OWL
+from ..methods.scorers import Scorer, get_scorer
 from ..methods.select import NM, Selection
+from ..methods.statistics import ModuleStats, Scope, of_scope
 from .calibration import BlockStream, run_blockwise
-from .gradients import gradient_norms
-
-ACTIVATION_STATS = frozenset({"sq_norm", "hessian", "mean", "var"})
+from .gradients import model_statistics
 
 
 @dataclass
@@ -41,24 +41,10 @@ def as_matrix(module: torch.nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def _shaped_stats(module: torch.nn.Module, stats: dict) -> dict:
-    """Per-feature statistics shaped to broadcast over :func:`as_matrix`'s view."""
-    out = dict(stats)
-    for key in ("sq_norm", "mean", "var"):
-        if key in out:
-            out[key] = (
-                out[key].reshape(-1, 1) if isinstance(module, torch.nn.Conv1d) else out[key].reshape(1, -1)
-            )
-    return out
-
-
-def relative_error(w_old: torch.Tensor, w_new: torch.Tensor, hessian: torch.Tensor) -> float:
-    """||(W - Ŵ)X||² / ||WX||² from H = 2XXᵀ/n (the 2/n cancels); fp32, one product each."""
-    h = hessian.float()
-    d = w_old.float() - w_new.float()
-    num = float(((d @ h) * d).sum())
-    den = float(((w_old.float() @ h) * w_old.float()).sum())
-    return num / den if den > 0 else 0.0
+def matrix_stats(module: torch.nn.Module, stats: ModuleStats | None) -> ModuleStats:
+    """``stats`` shaped to broadcast over :func:`as_matrix`'s view (a depthwise Conv1d's features are
+    its rows)."""
+    return (stats or ModuleStats()).for_matrix(features_on_rows=isinstance(module, torch.nn.Conv1d))
 
 
 class _Backup:
@@ -97,15 +83,14 @@ def prune_unstructured(
 ) -> UnstructuredResult:
     """Prune every targeted weight; see the module docstring.
 
-    With ``stream`` (an offloaded model, :mod:`prunekit.engine.offload`) each block's weights are
-    brought in before and written out after it is pruned, masks go to ``stream.keep_mask`` instead of
-    the result, and no in-memory backup is kept: the checkpoint on disk is the backup.
+    With ``stream`` (an offloaded model, :mod:`prunekit.engine.offload`) each block's weights are brought
+    in before and written out after it is pruned, masks go to ``stream.keep_mask`` instead of the result,
+    and no in-memory backup is kept: the checkpoint on disk is the backup.
     """
     result = UnstructuredResult()
     in_memory = stream is None
     stream = stream or BlockStream()  # blocks already in memory: onload/offload do nothing
-    keep_mask = result.masks.__setitem__ if in_memory else stream.keep_mask
-    needs = scorer.needs & ACTIVATION_STATS
+    needs = of_scope(scorer.requires, Scope.BLOCK)
     per_block = _by_block(model, blocks, targeted)
     if (needs or allocation == "owl") and per_block["outside"]:
         outside = ", ".join(sorted(per_block["outside"]))
@@ -114,70 +99,65 @@ def prune_unstructured(
         )
     backup = _Backup()
     try:
-        grads = {}
-        if "grad" in scorer.needs:
-            weights = {name: mod.weight for name, mod in targeted.items()}
-            grads = gradient_norms(
-                model, calibration, weights, float(scorer.config.get("scale", 100.0)), progress
-            )
+        weights = {name: mod.weight for name, mod in targeted.items()}
+        per_param = model_statistics(model, calibration, weights, scorer.requires, progress)
         block_s = {i: sparsity for i in range(len(blocks))}
         if allocation == "owl" and pattern is None:
-            block_s = _owl(
-                model,
-                blocks,
-                per_block["inside"],
-                calibration,
-                sparsity,
-                owl_lambda,
-                owl_m,
-                batch_size,
-                progress,
-                taps,
+            owl = OWL(owl_lambda, owl_m)
+            block_s = owl_allocation(
+                model, blocks, per_block["inside"], calibration, sparsity, owl, batch_size, progress, taps
             )
         result.block_sparsity = block_s
+        pruner = _MatrixPruner(scorer, per_param, result, backup if in_memory else None, stream)
 
-        def prune_modules(index: int, mods: dict[str, torch.nn.Module], stats: dict) -> None:
+        def prune_block(index: int, stats: dict[str, ModuleStats]) -> None:
             selection = Selection(block_s.get(index, sparsity), pattern, per_row)
-            for name, mod in mods.items():
-                st = _shaped_stats(mod, stats.get(name, {}))
-                if name in grads:
-                    st["grad"] = grads[name].reshape(mod.weight.shape[0], -1)
-                matrix = as_matrix(mod).detach()
-                new, mask = scorer.prune_matrix(matrix, st, selection)
-                if "hessian" in st:
-                    result.errors[name] = relative_error(matrix, new, st["hessian"])
-                if in_memory:
-                    backup.keep(mod.weight)
-                with torch.no_grad():
-                    mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))
-                keep_mask(name, mask.reshape(mod.weight.shape))
+            pruner.prune(per_block["inside"][index], stats, selection)
 
         if needs:
             run_blockwise(
-                model,
-                blocks,
-                calibration,
-                per_block["inside"],
-                needs,
-                on_block=lambda i, _b, stats: prune_modules(i, per_block["inside"][i], stats),
-                mode=calibration_mode,
-                batch_size=batch_size,
-                progress=progress,
-                desc=f"{scorer.name} blocks",
-                taps=taps,
+                model, blocks, calibration, per_block["inside"], needs,
+                on_block=lambda i, _b, stats: prune_block(i, stats), mode=calibration_mode,
+                batch_size=batch_size, progress=progress, desc=f"{scorer.name} blocks", taps=taps,
                 stream=stream,
-            )
+            )  # fmt: skip
         else:
-            for i, mods in tqdm(list(enumerate(per_block["inside"])), desc="scoring", disable=not progress):
+            for i in tqdm(range(len(blocks)), desc="scoring", disable=not progress):
                 stream.onload(i, blocks[i])
-                prune_modules(i, mods, {})
+                prune_block(i, {})
                 stream.offload(i, blocks[i])
         if per_block["outside"]:
-            prune_modules(-1, per_block["outside"], {})
+            pruner.prune(per_block["outside"], {}, Selection(sparsity, pattern, per_row))
     except BaseException:
         backup.restore()
         raise
     return result
+
+
+class _MatrixPruner:
+    """Prunes modules with their statistics (and the full-model statistics of their weights), records
+    masks and layer errors, and backs up every weight it changes (when ``backup`` is given: in memory)."""
+
+    def __init__(self, scorer: Scorer, per_param: dict, result: UnstructuredResult, backup, stream) -> None:
+        self.scorer, self.per_param, self.result = scorer, per_param, result
+        self.backup, self.stream = backup, stream
+
+    def prune(self, mods: dict[str, torch.nn.Module], stats: dict[str, ModuleStats], selection) -> None:
+        keep_mask = self.stream.keep_mask if self.backup is None else self.result.masks.__setitem__
+        for name, mod in mods.items():
+            st = matrix_stats(mod, stats.get(name))
+            if name in self.per_param:
+                st = st.with_params("weight", self.per_param[name])
+            matrix = as_matrix(mod).detach()
+            new, mask = self.scorer.prune_matrix(matrix, st, selection)
+            error = self.scorer.layer_error(matrix, new, st)
+            if error is not None:
+                self.result.errors[name] = error
+            if self.backup is not None:
+                self.backup.keep(mod.weight)
+            with torch.no_grad():
+                mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))
+            keep_mask(name, mask.reshape(mod.weight.shape))
 
 
 def _by_block(model, blocks, targeted) -> dict:
@@ -191,33 +171,36 @@ def _by_block(model, blocks, targeted) -> dict:
     return {"inside": inside, "outside": outside}
 
 
-def _owl(
-    model, blocks, inside, calibration, sparsity, lam, m, batch_size, progress, taps
+def owl_allocation(
+    model: torch.nn.Module,
+    blocks: list[torch.nn.Module],
+    inside: list[dict[str, torch.nn.Module]],
+    calibration: torch.Tensor,
+    sparsity: float,
+    owl: OWL,
+    batch_size: int = 8,
+    progress: bool = False,
+    taps: dict | None = None,
 ) -> dict[int, float]:
-    """OWL's dense pass: outlier ratio of each block's Wanda scores, then the allocation."""
+    """Block index -> sparsity from OWL's dense pass: each block's targeted weights (``inside[i]``) are
+    scored by the registered scorer ``owl.scorer`` on the statistics it and OWL declare, and OWL turns
+    the blocks' outlier ratios and sizes into sparsities whose weighted mean is ``sparsity``."""
+    scorer = get_scorer(owl.scorer, **owl.scorer_options)
+    needs = owl.requires | scorer.requires
+    if of_scope(needs, Scope.MODEL):
+        raise ValueError(f"OWL scores blocks with {owl.scorer!r}, which needs full-model statistics")
     ratios: dict[int, float] = {}
 
-    def measure(index: int, _block, stats: dict) -> None:
+    def measure(index: int, _block, stats: dict[str, ModuleStats]) -> None:
         scores = [
-            as_matrix(mod).detach().abs().float() * activation_norms(_shaped_stats(mod, stats[name]))
+            scorer.weight_scores(as_matrix(mod).detach(), matrix_stats(mod, stats[name]))
             for name, mod in inside[index].items()
         ]
-        ratios[index] = outlier_ratio(scores, m) if scores else 0.0
+        ratios[index] = owl.outliers(scores)
 
     run_blockwise(
-        model,
-        blocks,
-        calibration,
-        inside,
-        frozenset({"sq_norm"}),
-        measure,
-        mode="dense",
-        batch_size=batch_size,
-        progress=progress,
-        desc="OWL outliers",
-        taps=taps,
-    )
-    sizes = [sum(mod.weight.numel() for mod in inside[i].values()) for i in range(len(blocks))]
-    active = [i for i in range(len(blocks)) if sizes[i]]
-    alloc = owl_sparsities([ratios[i] for i in active], [sizes[i] for i in active], sparsity, lam)
-    return {i: s for i, s in zip(active, alloc)}
+        model, blocks, calibration, inside, needs, measure, mode="dense", batch_size=batch_size,
+        progress=progress, desc="OWL outliers", taps=taps,
+    )  # fmt: skip
+    sizes = {i: sum(mod.weight.numel() for mod in inside[i].values()) for i in range(len(blocks))}
+    return owl.sparsities(ratios, sizes, sparsity)

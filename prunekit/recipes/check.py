@@ -15,10 +15,10 @@ import torch
 
 from ..api import trace
 from ..engine.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
-from ..engine.unstructured import ACTIVATION_STATS
 from ..families import get_adapter
 from ..methods.budgets import logistic_ratios
 from ..methods.select import NM, parse_structure
+from ..methods.statistics import Scope, of_scope
 from .nodes import RecipeError
 from .schema import Recipe, Stage
 
@@ -100,7 +100,7 @@ def _check_logistic(groups, stage: Stage, fail) -> None:
 
 
 def _check_inside_blocks(targeted: dict, block_names: list[str], stage: Stage, fail) -> None:
-    if not (stage.spec.scorer().needs & ACTIVATION_STATS or stage.spec.allocation.name == "owl"):
+    if not (of_scope(stage.spec.scorer().requires, Scope.BLOCK) or stage.spec.allocation.name == "owl"):
         return
     outside = sorted(n for n in targeted if not any(n.startswith(b + ".") for b in block_names))
     if outside:

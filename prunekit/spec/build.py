@@ -61,7 +61,7 @@ def build_spec(
 
 def reads_statistics(scorer: Scorer) -> bool:
     """Whether the method reads calibration statistics (activations or gradients)."""
-    return bool(scorer.needs)
+    return bool(scorer.requires)
 
 
 def _scorer(cls: type[Scorer], method_options: dict[str, Any]) -> Scorer:

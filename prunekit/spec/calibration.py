@@ -37,9 +37,9 @@ def prepare_calibration(
     else:
         data = validate_calibration(calibration, model, settings)
     if data is None and needs_calibration(spec, compensation=False):
-        scorer = spec.scorer()
+        needs = sorted(map(str, spec.scorer().requires))
         raise SpecError(
-            f"method {spec.method!r} needs calibration data (statistics: {sorted(scorer.needs)})",
+            f"method {spec.method!r} needs calibration data (statistics: {needs})",
             "calibration",
         )
     return data
@@ -49,7 +49,7 @@ def needs_calibration(spec: PruneSpec, compensation: bool = True) -> bool:
     """Whether ``spec`` reads calibration data: the method's statistics, OWL's outlier pass, or (with
     ``compensation``) structured bias compensation or refitting."""
     scorer = spec.scorer()
-    if scorer.needs or spec.allocation.name == "owl":
+    if scorer.requires or spec.allocation.name == "owl":
         return True
     s = spec.structure
     if not compensation or spec.kind != "structured":

@@ -5,15 +5,20 @@ scores; higher means more important. It never sees model classes: the pruner han
 for structured pruning, a :class:`~prunekit.graph.groups.Group` with the member weights. Choosing
 what to drop from the scores is the selector's job (:mod:`prunekit.methods.select`), so every scorer
 gets unstructured, N:M and structured selection for free.
+
+What a scorer reads from calibration is declared per instance, in ``requires`` (statistic instances
+from :mod:`prunekit.methods.statistics`, chosen by :meth:`Scorer.statistics` from the scorer's options),
+and handed to it as :class:`~prunekit.methods.statistics.ModuleStats`, keyed by statistic class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from ...graph.groups import Group
+from ..statistics import Hessian, ModuleStats, Statistic, relative_error
 
 SCORERS: dict[str, type[Scorer]] = {}
 
@@ -33,10 +38,10 @@ def get_scorer(name: str, **options) -> Scorer:
 
 
 class Scorer:
-    """Base class. ``needs`` names the calibration statistics the scorer reads (empty: weights only)."""
+    """Base class. An instance's ``requires`` holds the calibration statistics it reads (empty: weights
+    only); subclasses choose them in :meth:`statistics`."""
 
     name: str = ""
-    needs: frozenset[str] = frozenset()
     #: which structures the scorer can rank for
     structures: tuple[str, ...] = ("unstructured", "N:M", "structured")
     #: structured pruning: "uniform" ratio per group or one "global" threshold (FLAP's AL-AM)
@@ -58,15 +63,23 @@ class Scorer:
                 f"method {self.name!r} has no option(s) {sorted(unknown)}; known options: {known}"
             )
         self.config = {**self.options, **options}
+        #: the statistics this instance reads, fixed once its options are known
+        self.requires: frozenset[Statistic] = frozenset(self.statistics())
 
-    def weight_scores(
-        self, weight: torch.Tensor, stats: Mapping[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def statistics(self) -> Iterable[Statistic]:
+        """The calibration statistics this scorer reads with its ``config`` (none: weights only).
+
+        Called once by ``__init__``, after ``config`` is set and before a subclass's own checks, so it
+        must not fail on an invalid option value (the subclass's ``__init__`` refuses that).
+        """
+        return ()
+
+    def weight_scores(self, weight: torch.Tensor, stats: ModuleStats | None = None) -> torch.Tensor:
         """Importance of every entry of ``weight`` (same shape)."""
         raise NotImplementedError(f"{self.name} does not score individual weights")
 
     def prune_matrix(
-        self, weight: torch.Tensor, stats: Mapping[str, torch.Tensor], selection
+        self, weight: torch.Tensor, stats: ModuleStats, selection
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prune one 2-D weight: returns ``(new_weight, mask)`` with ``mask`` True where pruned.
 
@@ -77,11 +90,17 @@ class Scorer:
         mask = selection.mask(self.weight_scores(weight, stats))
         return weight.masked_fill(mask, 0.0), mask
 
+    def layer_error(self, weight: torch.Tensor, pruned: torch.Tensor, stats: ModuleStats) -> float | None:
+        """How much pruning changed the layer's output on calibration data, ||WX - ŴX||² / ||WX||², when
+        the statistics can tell (an input Hessian was gathered); None otherwise."""
+        hessian = stats.get(Hessian)
+        return None if hessian is None else relative_error(weight, pruned, hessian)
+
     def unit_scores(
         self,
         group: Group,
         weights: Mapping[str, torch.Tensor],
-        stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        stats: Mapping[str, ModuleStats] | None = None,
     ) -> torch.Tensor:
         """Importance of each of ``group.num_units`` units (float tensor of that length)."""
         raise NotImplementedError(f"{self.name} does not score structured groups")
@@ -90,7 +109,7 @@ class Scorer:
         self,
         group: Group,
         weights: Mapping[str, torch.Tensor],
-        stats: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        stats: Mapping[str, ModuleStats] | None = None,
     ) -> torch.Tensor:
         """Unit scores on a scale shared by every group, for one threshold across groups (global search).
 

@@ -12,15 +12,16 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ...graph.groups import Group
+from ..statistics import ModuleStats
 from .base import Scorer, zscore
 
-ColumnMetric = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], torch.Tensor]
+ColumnMetric = Callable[[torch.Tensor, ModuleStats], torch.Tensor]
 
 
 def consumer_unit_scores(
     group: Group,
     weights: Mapping[str, torch.Tensor],
-    stats: Mapping[str, Mapping[str, torch.Tensor]],
+    stats: Mapping[str, ModuleStats],
     metric: ColumnMetric,
     reduce: str = "sum",
     require_stats: bool = True,
@@ -41,7 +42,8 @@ def consumer_unit_scores(
         st = stats.get(m.module)
         if st is None and require_stats:
             continue
-        column = metric(weights[m.param].detach().float(), st or {}).double().cpu()  # small: one per column
+        st = st or ModuleStats()
+        column = metric(weights[m.param].detach().float(), st).double().cpu()  # small: one per column
         values = column[m.positions]
         if standardize:
             values = zscore(values)
@@ -67,7 +69,7 @@ class ConsumerScorer(Scorer):
     #: False for weight-only metrics that need no calibration statistics
     require_stats = True
 
-    def column_metric(self, group: Group, w: torch.Tensor, st: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def column_metric(self, group: Group, w: torch.Tensor, st: ModuleStats) -> torch.Tensor:
         """One value per input column of the consumer weight ``w`` (higher: more important)."""
         raise NotImplementedError
 

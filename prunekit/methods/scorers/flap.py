@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import torch
 
+from ..statistics import Moments, SquaredNorms
 from .base import register_scorer
 from .consumers import ConsumerScorer
 
 _METRICS = {
-    "IFV": lambda w, st: st["var"].reshape(-1),
-    "WIFV": lambda w, st: st["var"].reshape(-1) * (w * w).sum(0),
-    "WIFN": lambda w, st: w.abs().mean(0) * (st["sq_norm"].reshape(-1) / max(1, int(st["n_tokens"]))).sqrt(),
+    "IFV": lambda w, st: st[Moments].var.reshape(-1),
+    "WIFV": lambda w, st: st[Moments].var.reshape(-1) * (w * w).sum(0),
+    "WIFN": lambda w, st: w.abs().mean(0) * (st[SquaredNorms].reshape(-1) / max(1, int(st.n_tokens))).sqrt(),
 }
 
 
 @register_scorer
 class FLAP(ConsumerScorer):
     name = "flap"
-    needs = frozenset({"mean", "var"})
     options = {"metric": "WIFV"}
     compensates = True
     default_structure_search = "global"
@@ -39,8 +39,10 @@ class FLAP(ConsumerScorer):
         super().__init__(**options)
         if self.config["metric"] not in _METRICS:
             raise ValueError(f"flap metric must be one of {sorted(_METRICS)}, got {self.config['metric']!r}")
-        if self.config["metric"] == "WIFN":
-            self.needs = frozenset({"sq_norm", "mean"})
+
+    def statistics(self):
+        """WIFN reads input norms; IFV and WIFV the input variance."""
+        return (SquaredNorms(),) if self.config["metric"] == "WIFN" else (Moments(),)
 
     def column_metric(self, group, w, st) -> torch.Tensor:
         value = _METRICS[self.config["metric"]](w, st)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
 from ...graph.groups import Group
+from ..statistics import ModuleStats
 from .base import Scorer, register_scorer, unit_sum
 
 
@@ -25,9 +24,7 @@ class Magnitude(Scorer):
 
     name = "magnitude"
 
-    def weight_scores(
-        self, weight: torch.Tensor, stats: Mapping[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def weight_scores(self, weight: torch.Tensor, stats: ModuleStats | None = None) -> torch.Tensor:
         return weight.detach().abs().float()
 
     def unit_scores(self, group: Group, weights, stats=None) -> torch.Tensor:

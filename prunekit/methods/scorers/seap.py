@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..statistics import Moments
 from .base import register_scorer
 from .consumers import ConsumerScorer
 
@@ -18,9 +19,11 @@ from .consumers import ConsumerScorer
 @register_scorer
 class SEAP(ConsumerScorer):
     name = "seap"
-    needs = frozenset({"mean", "var"})
     default_structure_search = "logistic"
     reduce = "mean"
 
+    def statistics(self):
+        return (Moments(),)
+
     def column_metric(self, group, w, st) -> torch.Tensor:
-        return st["var"].reshape(-1) * (w * w).sum(0)  # WIFV, as FLAP
+        return st[Moments].var.reshape(-1) * (w * w).sum(0)  # WIFV, as FLAP

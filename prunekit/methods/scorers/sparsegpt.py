@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..select import lowest_in_rows
+from ..statistics import Hessian
 from ..threads import single_thread
 from .base import Scorer, register_scorer
 
@@ -23,13 +24,15 @@ from .base import Scorer, register_scorer
 @register_scorer
 class SparseGPT(Scorer):
     name = "sparsegpt"
-    needs = frozenset({"hessian"})
     options = {"blocksize": 128, "damp": 0.01}
     structures = ("unstructured", "N:M")
 
+    def statistics(self):
+        return (Hessian(),)
+
     def weight_scores(self, weight, stats=None) -> torch.Tensor:
         """The OBS saliency w² / [H⁻¹]_jj² before any update (what the first block ranks by)."""
-        hinv = _inverse_factor(stats["hessian"], float(self.config["damp"]), weight.shape[1])[0]
+        hinv = _inverse_factor(stats[Hessian], float(self.config["damp"]), weight.shape[1])[0]
         return weight.detach().float() ** 2 / torch.diag(hinv).reshape(1, -1) ** 2
 
     @torch.no_grad()
@@ -39,11 +42,11 @@ class SparseGPT(Scorer):
             return self._prune(weight, stats, selection)
 
     def _prune(self, weight, stats, selection):
-        if "hessian" not in stats:
+        if Hessian not in stats:
             raise ValueError("sparsegpt needs the input Hessian of every weight it prunes")
         w = weight.detach().float().clone()
         rows, cols = w.shape
-        hinv, dead = self._factor(stats["hessian"], cols)
+        hinv, dead = self._factor(stats[Hessian], cols)
         w[:, dead] = 0
         bs = int(self.config["blocksize"])
         pattern = selection.pattern

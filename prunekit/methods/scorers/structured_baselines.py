@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..statistics import SquaredNorms
 from .base import register_scorer
 from .consumers import ConsumerScorer
 
@@ -15,11 +16,13 @@ from .consumers import ConsumerScorer
 @register_scorer
 class WandaSP(ConsumerScorer):
     name = "wanda-sp"
-    needs = frozenset({"sq_norm"})
     structured_calibration = "sequential"  # the reference recomputes each block's outputs once pruned
 
+    def statistics(self):
+        return (SquaredNorms(),)
+
     def column_metric(self, group, w, st) -> torch.Tensor:
-        return w.abs().mean(0) * st["sq_norm"].reshape(-1).sqrt()
+        return w.abs().mean(0) * st[SquaredNorms].reshape(-1).sqrt()
 
 
 @register_scorer

@@ -13,20 +13,23 @@ from __future__ import annotations
 import torch
 
 from ...graph.groups import Group
+from ..statistics import GradientSums, ModuleStats
 from .base import Scorer, register_scorer, unit_sum
 
 
 @register_scorer
 class Taylor(Scorer):
     name = "taylor"
-    needs = frozenset({"param_grad"})
     structures = ("structured",)
+
+    def statistics(self):
+        return (GradientSums(),)
 
     def unit_scores(self, group: Group, weights, stats=None) -> torch.Tensor:
         stats = stats or {}
         per_position = {}
         for m in group.members:
-            grad = stats.get(m.module, {}).get(f"grad.{m.attr}")
+            grad = stats.get(m.module, ModuleStats()).param(GradientSums, m.attr)
             if grad is None:
                 raise ValueError(f"taylor needs the gradient of {m.param} (group {group.name!r})")
             saliency = (weights[m.param].detach().float() * grad.float()).abs()

@@ -7,28 +7,24 @@ bisection so that the matrix reaches the requested sparsity.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
+from ..statistics import SquaredNorms, activation_norms
 from .base import Scorer, register_scorer
-
-
-def activation_norms(stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """||X_j||₂ over calibration tokens, averaged over sequences (scale only matters when mixed)."""
-    return (stats["sq_norm"] / max(1, int(stats.get("n_samples", 1)))).sqrt()
 
 
 @register_scorer
 class Wanda(Scorer):
     name = "wanda"
-    needs = frozenset({"sq_norm"})
     options = {"alpha_search": False}
     default_granularity = "row"
 
+    def statistics(self):
+        return (SquaredNorms(),)
+
     def weight_scores(self, weight, stats=None) -> torch.Tensor:
-        if stats is None or "sq_norm" not in stats:
-            raise ValueError("wanda needs activation statistics (sq_norm) for every weight it scores")
+        if stats is None or SquaredNorms not in stats:
+            raise ValueError("wanda needs activation statistics (squared norms) for every weight it scores")
         return weight.detach().abs().float() * activation_norms(stats)
 
     def prune_matrix(self, weight, stats, selection):
