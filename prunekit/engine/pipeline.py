@@ -11,41 +11,19 @@ brings each block in from disk and writes it out again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-from ..families import Adapter, get_adapter
-from ..graph import DependencyGraph, Group, trace
-from ..methods.scorers import Scorer
+from ..families import get_adapter
+from ..graph import trace
 from ..spec import PruneSpec, SemiStructured
 from .calibration import BlockStream
+from .plan import Plan
 from .report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
 from .structured import plan_structured, prune_structured
 from .targets import check_nm, group_targets, weight_targets
 from .task_masks import TaskMasks
 from .unstructured import prune_unstructured
-
-
-@dataclass
-class Plan:
-    """A request resolved on one model: everything :func:`execute` needs, nothing written yet."""
-
-    model: torch.nn.Module
-    spec: PruneSpec
-    scorer: Scorer
-    adapter: Adapter
-    #: token ids [N, L], ``{task: ids}`` (task-specific structured pruning) or None (weights only)
-    calibration: torch.Tensor | dict[str, torch.Tensor] | None
-    blocks: list[torch.nn.Module]
-    layer_names: list[str]
-    #: unstructured and N:M: module name -> module whose weight is pruned
-    targeted: dict[str, torch.nn.Module] = field(default_factory=dict)
-    #: structured: the traced graph and the groups to prune
-    graph: DependencyGraph | None = None
-    groups: list[Group] = field(default_factory=list)
-    #: where blocks live between uses (None: all in memory)
-    stream: BlockStream | None = None
 
 
 def plan(
@@ -94,17 +72,7 @@ def execute(plan: Plan) -> PruneReport:
 
 
 def _unstructured(plan: Plan, report: PruneReport) -> None:
-    spec = plan.spec
-    s, alloc, cal = spec.structure, spec.allocation, spec.calibration
-    result = prune_unstructured(
-        plan.model, plan.blocks, plan.targeted, plan.scorer, spec.sparsity,
-        s.pattern if isinstance(s, SemiStructured) else None,
-        per_row=getattr(s, "granularity", plan.scorer.default_granularity) == "row",
-        calibration=plan.calibration, allocation=alloc.name,
-        owl_lambda=getattr(alloc, "lam", 0.08), owl_m=getattr(alloc, "m", 5.0),
-        calibration_mode=cal.mode, batch_size=cal.batch_size, progress=spec.progress,
-        taps=plan.adapter.stat_taps(plan.model), stream=plan.stream,
-    )  # fmt: skip
+    result = prune_unstructured(plan)
     report.masks = {f"{name}.weight": mask for name, mask in result.masks.items()}
     report.errors = result.errors
     report.block_sparsity = result.block_sparsity
@@ -113,11 +81,7 @@ def _unstructured(plan: Plan, report: PruneReport) -> None:
 def _structured(plan: Plan, report: PruneReport) -> None:
     graph = plan.graph
     report.skipped = [f"{g.name or g.role}: {why}" for g, why in graph.rejected]
-    opts = plan.spec.options()
-    done = prune_structured(
-        plan.model, plan.adapter, graph, plan.groups, plan.scorer, plan.spec.sparsity, plan.calibration,
-        opts, plan.spec.progress,
-    )  # fmt: skip
+    done = prune_structured(plan)
     for group, units in done.decision:
         report.removed[f"{short_layer_name(group.name) or group.role} ({group.role})"] = units.tolist()
         layer = group.layer_index()
@@ -143,11 +107,5 @@ def _rows(plan: Plan, report: PruneReport, before: dict[str, int]) -> None:
 
 def task_masks(plan: Plan) -> TaskMasks:
     """One soft structured mask per task of ``plan.calibration`` (and the blended generic one)."""
-    opts = plan.spec.options()
-    plans = {}
-    for task in [*plan.calibration, None]:
-        plans[task] = plan_structured(
-            plan.model, plan.adapter, plan.graph, plan.groups, plan.scorer, plan.spec.sparsity,
-            plan.calibration, {**opts, "task": task}, plan.spec.progress,
-        )  # fmt: skip
+    plans = {task: plan_structured(plan, task) for task in [*plan.calibration, None]}
     return TaskMasks(plan.model, plan.adapter, plan.graph, plans)

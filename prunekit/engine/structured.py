@@ -32,12 +32,12 @@ from ..methods.budgets import (
 )
 from ..methods.compensation import COMPENSATIONS, requirements
 from ..methods.statistics import ModuleStats, Scope, of_scope, pooled
+from ..spec import LogisticSearch, PerLayerSearch, Search, Structured
 from .calibration import run_blockwise
 from .gradients import model_statistics
+from .plan import Plan
 from .snapshot import Snapshot
 from .surgery import dropped_outer, member_positions, remove, soft_zero, validate
-
-STRUCTURES = ("uniform", "global", "logistic", "per-layer")
 
 
 @dataclass
@@ -220,67 +220,60 @@ def _blend(per_task: dict[str, list[torch.Tensor]], weights: dict[str, float] | 
     return out
 
 
-def plan_structured(
-    model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
-) -> StructuredPlan:
+def plan_structured(plan: Plan, task: str | None = None) -> StructuredPlan:
     """Score and decide: the removals and bias deltas to apply.
 
     With dense statistics nothing is written; sequential calibration writes each block's soft zeros and
-    compensation as it goes (``plan.written``) and puts every weight back if anything fails.
-    ``calibration`` is token ids, or ``{task: ids}`` for task-specific pruning (SEAP): statistics are
-    gathered per task, and ``opts["task"]`` picks one task's scores, or (``None``) a blend of all tasks
-    weighted by ``opts["task_weights"]``.
+    compensation as it goes (``written``) and puts every weight back if anything fails. With
+    calibration ``{task: ids}`` (task-specific pruning, SEAP) statistics are gathered per task, and
+    ``task`` picks one task's scores, or (``None``) a blend of all tasks weighted by the spec's
+    ``task_weights``.
     """
-    structure = opts.get("structure_search") or "uniform"
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure_search must be one of {STRUCTURES}, got {structure!r}")
-    compensate = _compensation(scorer, opts)
+    model, adapter, scorer, calibration = plan.model, plan.adapter, plan.scorer, plan.calibration
+    s = plan.spec.structure
+    compensate = _compensation(scorer, s)
     if compensate and calibration is None:
         what = "the least-squares refit" if compensate == "refit" else "bias compensation"
         raise ValueError(f"{what} needs calibration data (or pass bias_compensation=False)")
-    _check_task(calibration, opts.get("task"))
-    groups, sparsity = spare_blocks(model, adapter, groups, sparsity, opts.get("dense_blocks"), structure)
+    _check_task(calibration, task)
+    groups, sparsity = spare_blocks(model, adapter, plan.groups, plan.spec.sparsity, s.dense_blocks, s.search)
     needs = scorer.requires | requirements(compensate)
-    mode = opts.get("calibration_mode") or default_calibration(groups, calibration, scorer, structure)
+    mode = plan.spec.calibration.mode or default_calibration(groups, calibration, scorer, s.search)
     if mode == "sequential":
-        check_sequential(groups, calibration, scorer, structure)
-        ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
-        return _plan_sequential(
-            model, adapter, graph, groups, scorer, ratios, calibration, opts, needs, progress
-        )
-    scores, stats = _dense_scores(
-        model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress
-    )
-    drops, notes = decide(model, adapter, groups, scores, sparsity, structure, opts)
-    decision = validate(model, list(zip(groups, drops)), graph.param_shapes, adapter)
-    plan = StructuredPlan(decision, notes=notes, calibration_mode="dense")
+        check_sequential(groups, calibration, scorer, s.search)
+        ratios = group_ratios(groups, sparsity, s.search, len(plan.blocks))
+        return _plan_sequential(plan, groups, ratios, needs)
+    scores, stats = _dense_scores(plan, groups, needs, task)
+    drops, notes = decide(model, adapter, groups, scores, sparsity, s)
+    decision = validate(model, list(zip(groups, drops)), plan.graph.param_shapes, adapter)
+    done = StructuredPlan(decision, notes=notes, calibration_mode="dense")
     if compensate == "refit":
-        plan.weights, plan.bias_deltas = refits(model, plan.decision, stats)
+        done.weights, done.bias_deltas = refits(model, done.decision, stats)
     elif compensate:
-        plan.bias_deltas = compensation(model, plan.decision, stats)
-    return plan
+        done.bias_deltas = compensation(model, done.decision, stats)
+    return done
 
 
-def _compensation(scorer, opts) -> str | None:
+def _compensation(scorer, s: Structured) -> str | None:
     """None, "mean" (FLAP's bias compensation) or "refit" (least squares, :mod:`.refit`)."""
-    bias = opts.get("bias_compensation")
-    if opts.get("refit"):
+    bias = s.bias_compensation
+    if s.refit:
         if bias is False:
             raise ValueError("refit=True refits the biases too: it cannot go with bias_compensation=False")
         return "refit"
     return "mean" if (scorer.compensates if bias is None else bias) else None
 
 
-def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, structure: str):
+def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, search: Search):
     """Leave the first and last blocks dense and take the requested share of *all* targeted parameters
     from the others (so 50 % still means half of the targeted weights). Returns the groups left and
     the ratio that applies to them."""
     if not dense_blocks:
         return groups, sparsity
     first, last = (dense_blocks, dense_blocks) if isinstance(dense_blocks, int) else tuple(dense_blocks)
-    if structure == "logistic":
+    if search.name == "logistic":
         raise ValueError("dense_blocks: the logistic schedule keeps its own first and last blocks dense")
-    if structure == "per-layer":
+    if search.name == "per-layer":
         raise ValueError("dense_blocks: with layer_sparsity, give those blocks a ratio of 0 instead")
     n = len(adapter.layers(model))
     spared = set(range(first)) | set(range(n - last, n))
@@ -300,21 +293,21 @@ def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, structur
     return rest, ratio
 
 
-def default_calibration(groups, calibration, scorer, structure: str) -> str:
+def default_calibration(groups, calibration, scorer, search: Search) -> str:
     """The method's own choice (the reference code's: FLAP dense, Wanda-sp sequential), or dense where
     sequential statistics cannot serve the call."""
     if scorer.structured_calibration != "sequential" or not scorer.requires:
         return "dense"
     try:
-        check_sequential(groups, calibration, scorer, structure)
+        check_sequential(groups, calibration, scorer, search)
     except ValueError:
         return "dense"
     return "sequential"
 
 
-def check_sequential(groups, calibration, scorer, structure: str) -> None:
+def check_sequential(groups, calibration, scorer, search: Search) -> None:
     """Why sequential statistics cannot serve this call, as an error (nothing is touched yet)."""
-    if structure == "global":
+    if search.name == "global":
         raise ValueError(
             "structure_search='global' compares every block before any is cut: it needs "
             "calibration_mode='dense'"
@@ -342,42 +335,44 @@ def _check_task(calibration, task) -> None:
         raise ValueError("task= needs calibration given as a dict {task: texts or token ids}")
 
 
-def _dense_scores(model, adapter, graph, groups, scorer, calibration, opts, needs, structure, progress):
+def _dense_scores(plan: Plan, groups, needs, task: str | None):
     """Scores (comparable across groups for the global search) and consumer statistics, per task."""
-    blocks = adapter.layers(model)
-    taps = adapter.stat_taps(model)
-    primary = primary_consumers(graph)
-    comparable = structure == "global"
+    model, scorer, calibration, progress = plan.model, plan.scorer, plan.calibration, plan.spec.progress
+    primary = primary_consumers(plan.graph)
+    comparable = plan.spec.structure.search.name == "global"
     sources = calibration if isinstance(calibration, dict) else {None: calibration}
     block_needs = of_scope(needs, Scope.BLOCK)
     params = {p: model.get_parameter(p) for g in groups for p in g.params}
+    batch = plan.spec.calibration.batch_size
     stats_by, scores_by = {}, {}
     for name, ids in sources.items():
-        batch = opts["batch_size"]
-        stats_by[name] = consumer_stats(model, blocks, groups, block_needs, ids, batch, progress, taps)
+        stats_by[name] = consumer_stats(
+            model, plan.blocks, groups, block_needs, ids, batch, progress, plan.taps
+        )
         per_param = model_statistics(model, ids, params, needs, progress=progress)  # {} without MODEL needs
         scores_by[name] = _score_groups(model, groups, scorer, stats_by[name], primary, per_param, comparable)
-    if isinstance(calibration, dict) and opts.get("task") is None:
-        return _blend(scores_by, opts.get("task_weights")), _pooled(stats_by)
-    key = opts.get("task") if isinstance(calibration, dict) else None
+    if isinstance(calibration, dict) and task is None:
+        weights = dict(plan.spec.task_weights) if plan.spec.task_weights is not None else None
+        return _blend(scores_by, weights), _pooled(stats_by)
+    key = task if isinstance(calibration, dict) else None
     return scores_by[key], stats_by[key]
 
 
-def group_ratios(groups, sparsity: float, structure: str, opts, n_blocks: int) -> list[float]:
+def group_ratios(groups, sparsity: float, search: Search, n_blocks: int) -> list[float]:
     """The ratio each group's budget is taken from (every search but the global one)."""
-    if structure == "logistic":
-        return logistic_ratios(groups, sparsity, **opts.get("logistic", {}))
-    if structure == "per-layer":
-        return per_layer_ratios(groups, sparsity, opts["layer_sparsity"], n_blocks)
+    if isinstance(search, LogisticSearch):
+        return logistic_ratios(groups, sparsity, **search.settings())
+    if isinstance(search, PerLayerSearch):
+        return per_layer_ratios(groups, sparsity, dict(search.ratios), n_blocks)
     return [sparsity for _ in groups]
 
 
-def decide(model, adapter, groups, scores, sparsity, structure, opts, ratios=None):
+def decide(model, adapter, groups, scores, sparsity, s: Structured, ratios=None):
     """Units to drop per group, and notes on every group that lost fewer units than asked."""
-    gqa = opts["gqa"]
+    gqa, search = s.gqa, s.search
     uneven = [adapter.runs_uneven_groups(model, g) for g in groups]
     notes: list[str] = []
-    if structure == "global":
+    if search.name == "global":
         sizes = [per_unit_sizes(model, g, gqa) for g in groups]
         full = [per_unit_sizes(model, g, "groups") for g in groups]
         total = sum(g.num_units * f for g, f in zip(groups, full))
@@ -385,25 +380,22 @@ def decide(model, adapter, groups, scores, sparsity, structure, opts, ratios=Non
         drops = global_drops(groups, scores, sizes, sparsity, gqa, total, uneven, kv)
     else:
         if ratios is None:
-            ratios = group_ratios(groups, sparsity, structure, opts, len(adapter.layers(model)))
-        drops = ratio_drops(groups, scores, ratios, gqa, uneven, strict=structure == "per-layer")
+            ratios = group_ratios(groups, sparsity, search, len(adapter.layers(model)))
+        drops = ratio_drops(groups, scores, ratios, gqa, uneven, strict=search.name == "per-layer")
         notes = shortfall_notes(groups, drops, ratios, gqa, uneven, adapter.name)
-    round_to = int(opts.get("round_to", 1))
-    if round_to > 1:
-        drops = [round_kept(g, s, d, round_to) for g, s, d in zip(groups, scores, drops)]
+    if s.round_to > 1:
+        drops = [round_kept(g, sc, d, s.round_to) for g, sc, d in zip(groups, scores, drops)]
     return drops, notes
 
 
-def _plan_sequential(
-    model, adapter, graph, groups, scorer, ratios, calibration, opts, needs, progress=False
-) -> StructuredPlan:
+def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredPlan:
     """Block by block: score on the outputs of the pruned blocks before, soft-prune, pass on."""
-    blocks = adapter.layers(model)
-    structure = opts.get("structure_search") or "uniform"
+    model, adapter, graph, scorer, blocks = plan.model, plan.adapter, plan.graph, plan.scorer, plan.blocks
+    s = plan.spec.structure
     block_of = [g.layer_index() for g in groups]  # check_sequential refused groups outside one block
     primary = primary_consumers(graph)
-    compensate = _compensation(scorer, opts)
-    plan = StructuredPlan(written=True, calibration_mode="sequential")
+    compensate = _compensation(scorer, s)
+    done = StructuredPlan(written=True, calibration_mode="sequential")
     snapshot = Snapshot(
         model, [p for g in groups for p in g.params], [m.module for g in groups for m in consumers(g)]
     )
@@ -414,7 +406,7 @@ def _plan_sequential(
             return
         gs = [groups[i] for i in mine]
         scores = _score_groups(model, gs, scorer, stats, primary)
-        drops, notes = decide(model, adapter, gs, scores, 0.0, structure, opts, [ratios[i] for i in mine])
+        drops, notes = decide(model, adapter, gs, scores, 0.0, s, [ratios[i] for i in mine])
         decision = validate(model, list(zip(gs, drops)), graph.param_shapes, adapter)
         weights, deltas = {}, {}
         if compensate == "refit":
@@ -424,10 +416,10 @@ def _plan_sequential(
         write_weights(model, weights)
         add_biases(model, deltas)
         soft_zero(model, decision, shapes=graph.param_shapes)
-        plan.decision += decision
-        plan.bias_deltas.update(deltas)
-        plan.weights.update(weights)
-        plan.notes += notes
+        done.decision += decision
+        done.bias_deltas.update(deltas)
+        done.weights.update(weights)
+        done.notes += notes
 
     modules = dict(model.named_modules())
     per_block: list[dict] = [{} for _ in blocks]
@@ -435,15 +427,15 @@ def _plan_sequential(
         per_block[b].update({m.module: modules[m.module] for m in consumers(group)})
     try:
         run_blockwise(
-            model, blocks, calibration, per_block, needs, prune_block, mode="sequential",
-            batch_size=opts["batch_size"], progress=progress, desc="structured (sequential)",
-            taps=adapter.stat_taps(model),
+            model, blocks, plan.calibration, per_block, needs, prune_block, mode="sequential",
+            batch_size=plan.spec.calibration.batch_size, progress=plan.spec.progress,
+            desc="structured (sequential)", taps=plan.taps,
         )  # fmt: skip
     except BaseException:
         snapshot.restore()
         raise
-    plan.snapshot = snapshot
-    return plan
+    done.snapshot = snapshot
+    return done
 
 
 def _pooled(stats_by: dict[str, dict[str, ModuleStats]]) -> dict[str, ModuleStats]:
@@ -470,22 +462,19 @@ def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:
         remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
 
 
-def prune_structured(
-    model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress
-) -> StructuredPlan:
+def prune_structured(plan: Plan) -> StructuredPlan:
     """Plan, then apply: nothing is written before every decision is validated."""
-    plan = plan_structured(model, adapter, graph, groups, scorer, sparsity, calibration, opts, progress)
+    done = plan_structured(plan, plan.spec.task)
     try:
-        apply_plan(model, adapter, graph, plan, opts["mode"])
+        apply_plan(plan.model, plan.adapter, plan.graph, done, plan.spec.structure.mode)
     except BaseException:
-        if plan.snapshot is not None:
-            plan.snapshot.restore()
+        if done.snapshot is not None:
+            done.snapshot.restore()
         raise
-    return plan
+    return done
 
 
 __all__ = [
-    "STRUCTURES",
     "StructuredPlan",
     "apply_plan",
     "check_sequential",

@@ -20,10 +20,12 @@ from tqdm.auto import tqdm
 
 from ..methods.allocation import OWL
 from ..methods.scorers import Scorer, get_scorer
-from ..methods.select import NM, Selection
+from ..methods.select import Selection
 from ..methods.statistics import ModuleStats, Scope, of_scope
+from ..spec import OWLAllocation, SemiStructured
 from .calibration import BlockStream, run_blockwise
 from .gradients import model_statistics
+from .plan import Plan
 
 
 @dataclass
@@ -63,36 +65,24 @@ class _Backup:
             weight.copy_(original)
 
 
-def prune_unstructured(
-    model: torch.nn.Module,
-    blocks: list[torch.nn.Module],
-    targeted: dict[str, torch.nn.Module],
-    scorer: Scorer,
-    sparsity: float,
-    pattern: NM | None,
-    per_row: bool,
-    calibration: torch.Tensor | None,
-    allocation: str = "uniform",
-    owl_lambda: float = 0.08,
-    owl_m: float = 5.0,
-    calibration_mode: str = "sequential",
-    batch_size: int = 8,
-    progress: bool = False,
-    taps: dict | None = None,
-    stream: BlockStream | None = None,
-) -> UnstructuredResult:
-    """Prune every targeted weight; see the module docstring.
+def prune_unstructured(plan: Plan) -> UnstructuredResult:
+    """Prune every weight ``plan.targeted`` names; see the module docstring.
 
-    With ``stream`` (an offloaded model, :mod:`prunekit.engine.offload`) each block's weights are brought
-    in before and written out after it is pruned, masks go to ``stream.keep_mask`` instead of the result,
-    and no in-memory backup is kept: the checkpoint on disk is the backup.
+    With ``plan.stream`` (an offloaded model, :mod:`prunekit.engine.offload`) each block's weights are
+    brought in before and written out after it is pruned, masks go to ``stream.keep_mask`` instead of the
+    result, and no in-memory backup is kept: the checkpoint on disk is the backup.
     """
+    model, blocks, targeted, scorer = plan.model, plan.blocks, plan.targeted, plan.scorer
+    spec, calibration, progress, taps = plan.spec, plan.calibration, plan.spec.progress, plan.taps
+    sparsity, batch_size, alloc = spec.sparsity, spec.calibration.batch_size, spec.allocation
+    pattern = spec.structure.pattern if isinstance(spec.structure, SemiStructured) else None
+    per_row = getattr(spec.structure, "granularity", None) == "row"
     result = UnstructuredResult()
-    in_memory = stream is None
-    stream = stream or BlockStream()  # blocks already in memory: onload/offload do nothing
+    in_memory = plan.stream is None
+    stream = plan.stream or BlockStream()  # blocks already in memory: onload/offload do nothing
     needs = of_scope(scorer.requires, Scope.BLOCK)
     per_block = _by_block(model, blocks, targeted)
-    if (needs or allocation == "owl") and per_block["outside"]:
+    if (needs or alloc.name == "owl") and per_block["outside"]:
         outside = ", ".join(sorted(per_block["outside"]))
         raise ValueError(
             f"method {scorer.name!r} needs activation statistics, but {outside} lies outside the blocks"
@@ -102,8 +92,8 @@ def prune_unstructured(
         weights = {name: mod.weight for name, mod in targeted.items()}
         per_param = model_statistics(model, calibration, weights, scorer.requires, progress)
         block_s = {i: sparsity for i in range(len(blocks))}
-        if allocation == "owl" and pattern is None:
-            owl = OWL(owl_lambda, owl_m)
+        if isinstance(alloc, OWLAllocation):
+            owl = OWL(alloc.lam, alloc.m)
             block_s = owl_allocation(
                 model, blocks, per_block["inside"], calibration, sparsity, owl, batch_size, progress, taps
             )
@@ -117,7 +107,7 @@ def prune_unstructured(
         if needs:
             run_blockwise(
                 model, blocks, calibration, per_block["inside"], needs,
-                on_block=lambda i, _b, stats: prune_block(i, stats), mode=calibration_mode,
+                on_block=lambda i, _b, stats: prune_block(i, stats), mode=spec.calibration.mode,
                 batch_size=batch_size, progress=progress, desc=f"{scorer.name} blocks", taps=taps,
                 stream=stream,
             )  # fmt: skip
