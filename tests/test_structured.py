@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_llama, make_tiny_mamba, make_tiny_mamba2
 
 import prunekit
-from prunekit.engine.structured import consumers
+from prunekit.engine.structured_writes import consumers
 from prunekit.methods.budgets import global_drops
 
 

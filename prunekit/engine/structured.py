@@ -22,26 +22,20 @@ from dataclasses import dataclass, field
 import torch
 
 from ..graph.groups import Group
-from ..methods.budgets import (
-    global_drops,
-    logistic_ratios,
-    per_layer_ratios,
-    ratio_drops,
-    round_kept,
-    shortfall_notes,
-)
-from ..methods.compensation import COMPENSATIONS, requirements
+from ..methods.compensation import requirements
 from ..methods.statistics import ModuleStats, Scope, of_scope, pooled
-from ..spec import LogisticSearch, PerLayerSearch, Search, Structured
+from ..spec import Search, Structured
 from .calibration import run_blockwise
 from .gradients import model_statistics
 from .plan import Plan
 from .snapshot import Snapshot
-from .surgery import dropped_outer, member_positions, remove, soft_zero, validate
+from .structured_budget import decide, group_ratios, spare_blocks
+from .structured_writes import add_biases, compensation, consumers, refits, write_weights
+from .surgery import dropped_outer, remove, soft_zero, validate
 
 
 @dataclass
-class StructuredPlan:
+class StructuredDecision:
     decision: list[tuple[Group, torch.Tensor]] = field(default_factory=list)
     #: consumer module name -> bias delta to add (before removal)
     bias_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -55,11 +49,6 @@ class StructuredPlan:
     snapshot: Snapshot | None = None
     #: where the statistics came from: "dense" or "sequential"
     calibration_mode: str = "dense"
-
-
-def consumers(group: Group) -> list:
-    """Members on the consuming side: input columns of the layers that read the group's channels."""
-    return [m for m in group.members if m.side == "in" and m.dim == 1 and m.attr == "weight"]
 
 
 def consumer_stats(
@@ -102,86 +91,6 @@ def primary_consumers(graph) -> set[str]:
     return {m.module for g in everything if g.role == "residual" for m in g.members if m.side == "out"}
 
 
-def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
-    """Parameters removed per unit of ``group``.
-
-    Under the ``"heads"`` GQA policy every KV group keeps at least one query head, so its key/value
-    rows never leave and do not count; under ``"groups"`` each query head carries its share of them.
-    """
-    total = 0.0
-    for m in group.members:
-        if m.per_outer and gqa == "heads" and group.num_outer != group.num_units:
-            continue
-        p = model.get_parameter(m.param)
-        other = p.numel() // p.shape[m.dim]
-        total += len(m.positions) * other
-    return total / group.num_units
-
-
-def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
-    """Bias deltas W[:, removed] @ mean(x[removed]) for every consumer with statistics."""
-    mean_bias = COMPENSATIONS["mean"]
-    deltas: dict[str, torch.Tensor] = {}
-    for group, units in plan_decision:
-        for m in consumers(group):
-            if not mean_bias.applies(stats.get(m.module)):
-                continue
-            pos = member_positions(m, group, units)
-            if pos.numel() == 0:
-                continue
-            delta = mean_bias.bias_delta(model.get_parameter(m.param), stats[m.module], pos)
-            deltas[m.module] = deltas.get(m.module, 0) + delta
-    return deltas
-
-
-def refits(model, plan_decision, stats) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Least-squares refit of every consumer with statistics (:mod:`.refit`): new weights by parameter
-    name (removed columns zeroed) and the bias deltas that take each bias to its refitted value."""
-    solver = COMPENSATIONS["refit"]
-    removed: dict[str, list[torch.Tensor]] = {}
-    params: dict[str, str] = {}
-    for group, units in plan_decision:
-        for m in consumers(group):
-            if solver.applies(stats.get(m.module)):
-                removed.setdefault(m.module, []).append(member_positions(m, group, units))
-                params[m.module] = m.param
-    weights, deltas = {}, {}
-    for module, positions in removed.items():
-        cut = torch.cat(positions)
-        if cut.numel() == 0:
-            continue
-        layer = model.get_submodule(module)
-        new_w, new_b = solver.solve(layer.weight, getattr(layer, "bias", None), stats[module], cut)
-        weights[params[module]] = new_w.to(layer.weight.dtype)
-        old_b = getattr(layer, "bias", None)
-        deltas[module] = new_b - (0 if old_b is None else old_b.detach().double())
-    return weights, deltas
-
-
-@torch.no_grad()
-def write_weights(model, weights: dict[str, torch.Tensor]) -> None:
-    for name, value in weights.items():
-        model.get_parameter(name).copy_(value)
-
-
-@torch.no_grad()
-def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
-    """Add each delta to its module's bias, creating a zero bias first where there is none."""
-    created = []
-    for name, delta in deltas.items():
-        mod = model.get_submodule(name)
-        if getattr(mod, "bias", None) is None:
-            mod.bias = torch.nn.Parameter(
-                torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype, device=mod.weight.device)
-            )
-            created.append(name)
-        mod.bias.add_(delta.to(mod.bias.dtype).to(mod.bias.device))
-    if created:
-        recorded = list(getattr(model.config, "prunekit_added_biases", []) or [])
-        model.config.prunekit_added_biases = sorted(set(recorded) | set(created))
-    return created
-
-
 def _score_groups(
     model, groups, scorer, stats, primary, per_param=None, comparable=False
 ) -> list[torch.Tensor]:
@@ -220,7 +129,7 @@ def _blend(per_task: dict[str, list[torch.Tensor]], weights: dict[str, float] | 
     return out
 
 
-def plan_structured(plan: Plan, task: str | None = None) -> StructuredPlan:
+def plan_structured(plan: Plan, task: str | None = None) -> StructuredDecision:
     """Score and decide: the removals and bias deltas to apply.
 
     With dense statistics nothing is written; sequential calibration writes each block's soft zeros and
@@ -246,7 +155,7 @@ def plan_structured(plan: Plan, task: str | None = None) -> StructuredPlan:
     scores, stats = _dense_scores(plan, groups, needs, task)
     drops, notes = decide(model, adapter, groups, scores, sparsity, s)
     decision = validate(model, list(zip(groups, drops)), plan.graph.param_shapes, adapter)
-    done = StructuredPlan(decision, notes=notes, calibration_mode="dense")
+    done = StructuredDecision(decision, notes=notes, calibration_mode="dense")
     if compensate == "refit":
         done.weights, done.bias_deltas = refits(model, done.decision, stats)
     elif compensate:
@@ -262,35 +171,6 @@ def _compensation(scorer, s: Structured) -> str | None:
             raise ValueError("refit=True refits the biases too: it cannot go with bias_compensation=False")
         return "refit"
     return "mean" if (scorer.compensates if bias is None else bias) else None
-
-
-def spare_blocks(model, adapter, groups, sparsity: float, dense_blocks, search: Search):
-    """Leave the first and last blocks dense and take the requested share of *all* targeted parameters
-    from the others (so 50 % still means half of the targeted weights). Returns the groups left and
-    the ratio that applies to them."""
-    if not dense_blocks:
-        return groups, sparsity
-    first, last = (dense_blocks, dense_blocks) if isinstance(dense_blocks, int) else tuple(dense_blocks)
-    if search.name == "logistic":
-        raise ValueError("dense_blocks: the logistic schedule keeps its own first and last blocks dense")
-    if search.name == "per-layer":
-        raise ValueError("dense_blocks: with layer_sparsity, give those blocks a ratio of 0 instead")
-    n = len(adapter.layers(model))
-    spared = set(range(first)) | set(range(n - last, n))
-    spanning = [g.name or g.role for g in groups if g.layer_index() is None]
-    if spanning:
-        raise ValueError(f"dense_blocks: groups {spanning[:3]} span every block and cannot be spared")
-    rest = [g for g in groups if g.layer_index() not in spared]
-    if not rest:
-        raise ValueError(f"dense_blocks={dense_blocks!r} leaves none of the {n} blocks to prune")
-    size = {id(g): g.num_units * per_unit_sizes(model, g, "groups") for g in groups}
-    ratio = sparsity * sum(size.values()) / sum(size[id(g)] for g in rest)
-    if ratio >= 1:
-        raise ValueError(
-            f"sparsity {sparsity} of the targeted weights cannot come from the {n - len(spared)} blocks "
-            f"left after dense_blocks={dense_blocks!r} ({ratio:.2f} of them)"
-        )
-    return rest, ratio
 
 
 def default_calibration(groups, calibration, scorer, search: Search) -> str:
@@ -358,44 +238,14 @@ def _dense_scores(plan: Plan, groups, needs, task: str | None):
     return scores_by[key], stats_by[key]
 
 
-def group_ratios(groups, sparsity: float, search: Search, n_blocks: int) -> list[float]:
-    """The ratio each group's budget is taken from (every search but the global one)."""
-    if isinstance(search, LogisticSearch):
-        return logistic_ratios(groups, sparsity, **search.settings())
-    if isinstance(search, PerLayerSearch):
-        return per_layer_ratios(groups, sparsity, dict(search.ratios), n_blocks)
-    return [sparsity for _ in groups]
-
-
-def decide(model, adapter, groups, scores, sparsity, s: Structured, ratios=None):
-    """Units to drop per group, and notes on every group that lost fewer units than asked."""
-    gqa, search = s.gqa, s.search
-    uneven = [adapter.runs_uneven_groups(model, g) for g in groups]
-    notes: list[str] = []
-    if search.name == "global":
-        sizes = [per_unit_sizes(model, g, gqa) for g in groups]
-        full = [per_unit_sizes(model, g, "groups") for g in groups]
-        total = sum(g.num_units * f for g, f in zip(groups, full))
-        kv = [(f - s) * g.units_per_outer if gqa == "heads" else 0.0 for g, f, s in zip(groups, full, sizes)]
-        drops = global_drops(groups, scores, sizes, sparsity, gqa, total, uneven, kv)
-    else:
-        if ratios is None:
-            ratios = group_ratios(groups, sparsity, search, len(adapter.layers(model)))
-        drops = ratio_drops(groups, scores, ratios, gqa, uneven, strict=search.name == "per-layer")
-        notes = shortfall_notes(groups, drops, ratios, gqa, uneven, adapter.name)
-    if s.round_to > 1:
-        drops = [round_kept(g, sc, d, s.round_to) for g, sc, d in zip(groups, scores, drops)]
-    return drops, notes
-
-
-def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredPlan:
+def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredDecision:
     """Block by block: score on the outputs of the pruned blocks before, soft-prune, pass on."""
     model, adapter, graph, scorer, blocks = plan.model, plan.adapter, plan.graph, plan.scorer, plan.blocks
     s = plan.spec.structure
     block_of = [g.layer_index() for g in groups]  # check_sequential refused groups outside one block
     primary = primary_consumers(graph)
     compensate = _compensation(scorer, s)
-    done = StructuredPlan(written=True, calibration_mode="sequential")
+    done = StructuredDecision(written=True, calibration_mode="sequential")
     snapshot = Snapshot(
         model, [p for g in groups for p in g.params], [m.module for g in groups for m in consumers(g)]
     )
@@ -450,7 +300,7 @@ def _pooled(stats_by: dict[str, dict[str, ModuleStats]]) -> dict[str, ModuleStat
     return out
 
 
-def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:
+def apply_plan(model, adapter, graph, plan: StructuredDecision, mode: str) -> None:
     """Write a validated plan: biases first (positions refer to traced shapes), then the removal.
     A plan that sequential calibration already wrote as soft zeros only needs the removal."""
     if not plan.written:
@@ -462,7 +312,7 @@ def apply_plan(model, adapter, graph, plan: StructuredPlan, mode: str) -> None:
         remove(model, plan.decision, adapter=adapter, shapes=graph.param_shapes)
 
 
-def prune_structured(plan: Plan) -> StructuredPlan:
+def prune_structured(plan: Plan) -> StructuredDecision:
     """Plan, then apply: nothing is written before every decision is validated."""
     done = plan_structured(plan, plan.spec.task)
     try:
@@ -475,7 +325,7 @@ def prune_structured(plan: Plan) -> StructuredPlan:
 
 
 __all__ = [
-    "StructuredPlan",
+    "StructuredDecision",
     "apply_plan",
     "check_sequential",
     "plan_structured",

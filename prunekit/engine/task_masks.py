@@ -9,13 +9,14 @@ model back exactly.
 from __future__ import annotations
 
 from .snapshot import Snapshot
-from .structured import StructuredPlan, apply_plan, consumers
+from .structured import StructuredDecision, apply_plan
+from .structured_writes import consumers
 
 
 class TaskMasks:
     """``masks.apply("code")`` → the model behaves as pruned for that task; ``masks.reset()`` → dense."""
 
-    def __init__(self, model, adapter, graph, plans: dict[str | None, StructuredPlan]) -> None:
+    def __init__(self, model, adapter, graph, plans: dict[str | None, StructuredDecision]) -> None:
         self.model, self.adapter, self.graph, self.plans = model, adapter, graph, plans
         self.active: str | None = None
         names = [p for plan in plans.values() for g, _u in plan.decision for p in g.params]
