@@ -76,6 +76,8 @@ def test_offloaded_pruning_equals_in_memory(tmp_path_factory, arch, method, stru
     want = in_memory.state_dict()
     assert all(torch.equal(v, want[k]) for k, v in reloaded.state_dict().items())
     assert result.achieved == pytest.approx(0.5, abs=0.01)
+    # the engine's report is built the same way offloaded: the same rows from the weights it wrote
+    assert [vars(r) for r in result.report.rows] == [vars(r) for r in report.rows]
     assert not list(tmp.glob(".out.partial-*"))
 
 

@@ -156,7 +156,13 @@ BlockCallback = Callable[[int, torch.nn.Module, dict[str, ModuleStats]], None]
 
 class BlockStream:
     """Where a block's weights live between uses: ``onload`` before the block runs, ``offload`` after it
-    was pruned and its outputs computed. The default keeps everything in memory."""
+    was pruned and its outputs computed. The default keeps everything in memory.
+
+    A stream that takes weights away records ``zeros[weight name] = (zero entries, entries)`` of every
+    weight it writes out, so the report can still count them once the weights are gone."""
+
+    def __init__(self) -> None:
+        self.zeros: dict[str, tuple[int, int]] = {}
 
     def onload(self, index: int, block: torch.nn.Module) -> None:
         """Make ``block``'s weights real tensors on the compute device."""

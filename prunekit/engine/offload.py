@@ -36,6 +36,7 @@ from ..spec import PruneSpec, prepare_calibration
 from . import distributed, pipeline
 from .calibration import BlockStream
 from .memory import release_free_memory, use_mmap_for_large_buffers
+from .report import PruneReport
 
 __all__ = ["OffloadResult", "check_offloadable", "offload_prune"]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
@@ -51,6 +52,8 @@ class OffloadResult:
     seconds: float
     #: parameter name -> share of its entries pruned
     per_weight: dict[str, float] = field(default_factory=dict)
+    #: the engine's report of the run (rows counted from what was written)
+    report: PruneReport | None = None
 
 
 def offload_prune(
@@ -87,7 +90,7 @@ def offload_prune(
     resolved.stream = _DiskStream(model, ckpt, prefixes, aliases, device, writer)
     try:
         resolved.stream.load_outside()
-        pipeline.execute(resolved)
+        report = pipeline.execute(resolved)
         record = {
             "method": spec.method, "structure": str(spec.structure), "sparsity": spec.sparsity,
             "options": dict(resolved.scorer.config), "offloaded": True,
@@ -101,7 +104,7 @@ def offload_prune(
     total = sum(v[1] for v in writer.mask_counts.values())
     return OffloadResult(
         out, spec.method, str(spec.structure), spec.sparsity, masked / total if total else 0.0,
-        time.perf_counter() - t0, {k: m / n for k, (m, n) in writer.mask_counts.items()},
+        time.perf_counter() - t0, {k: m / n for k, (m, n) in writer.mask_counts.items()}, report,
     )  # fmt: skip
 
 
@@ -173,6 +176,7 @@ def _set_param(model: torch.nn.Module, names: list[str], value: torch.Tensor) ->
 
 class _DiskStream(BlockStream):
     def __init__(self, model, ckpt, prefixes, aliases, device, writer) -> None:
+        super().__init__()
         self.model, self.ckpt, self.device, self.writer = model, ckpt, device, writer
         self.aliases = aliases
         self.block_params: list[list[str]] = [[] for _ in prefixes]
@@ -204,6 +208,8 @@ class _DiskStream(BlockStream):
         params = dict(self.model.named_parameters())
         state = {n: params[n].detach().to("cpu").contiguous() for n in self.block_params[index]}
         masks = {n: m for n, m in self.masks.items() if n in state}
+        for n in masks:
+            self.zeros[n] = (int((state[n] == 0).sum()), state[n].numel())
         self.writer.write(index, state, masks)
         for n in masks:
             del self.masks[n]

@@ -64,8 +64,7 @@ def execute(plan: Plan) -> PruneReport:
         _structured(plan, report)
     else:
         _unstructured(plan, report)
-    if plan.stream is None:  # an offloaded model's weights are on disk by now: its writer counts them
-        _rows(plan, report, before)
+    _rows(plan, report, before)
     report.flops_per_token = (flops_before, matmul_flops(model))
     report.seconds = time.perf_counter() - t0
     return report
@@ -100,9 +99,18 @@ def _rows(plan: Plan, report: PruneReport, before: dict[str, int]) -> None:
             inside = wname.startswith(name + ".")
             outside = name == "(other)" and not any(wname.startswith(ln + ".") for ln in plan.layer_names)
             if inside or outside:
-                row.targeted += mod.weight.numel()
-                row.zeros += int((mod.weight == 0).sum())
+                zeros, numel = _zeros(plan, wname, mod)
+                row.targeted += numel
+                row.zeros += zeros
         report.rows.append(row)
+
+
+def _zeros(plan: Plan, name: str, module: torch.nn.Module) -> tuple[int, int]:
+    """(zero entries, entries) of a targeted weight; an offloaded one was counted as it was written."""
+    streamed = plan.stream.zeros.get(f"{name}.weight") if plan.stream is not None else None
+    if streamed is not None:
+        return streamed
+    return int((module.weight == 0).sum()), module.weight.numel()
 
 
 def task_masks(plan: Plan) -> TaskMasks:
