@@ -72,56 +72,71 @@ def prune_unstructured(plan: Plan) -> UnstructuredResult:
     brought in before and written out after it is pruned, masks go to ``stream.keep_mask`` instead of the
     result, and no in-memory backup is kept: the checkpoint on disk is the backup.
     """
-    model, blocks, targeted, scorer = plan.model, plan.blocks, plan.targeted, plan.scorer
-    spec, calibration, progress, taps = plan.spec, plan.calibration, plan.spec.progress, plan.taps
-    sparsity, batch_size, alloc = spec.sparsity, spec.calibration.batch_size, spec.allocation
-    pattern = spec.structure.pattern if isinstance(spec.structure, SemiStructured) else None
-    per_row = getattr(spec.structure, "granularity", None) == "row"
-    result = UnstructuredResult()
-    in_memory = plan.stream is None
-    stream = plan.stream or BlockStream()  # blocks already in memory: onload/offload do nothing
-    needs = of_scope(scorer.requires, Scope.BLOCK)
-    per_block = _by_block(model, blocks, targeted)
-    if (needs or alloc.name == "owl") and per_block["outside"]:
+    needs = of_scope(plan.scorer.requires, Scope.BLOCK)
+    per_block = _by_block(plan.model, plan.blocks, plan.targeted)
+    if (needs or plan.spec.allocation.name == "owl") and per_block["outside"]:
         outside = ", ".join(sorted(per_block["outside"]))
         raise ValueError(
-            f"method {scorer.name!r} needs activation statistics, but {outside} lies outside the blocks"
+            f"method {plan.scorer.name!r} needs activation statistics, but {outside} lies outside the blocks"
         )
+    result = UnstructuredResult()
     backup = _Backup()
     try:
-        weights = {name: mod.weight for name, mod in targeted.items()}
-        per_param = model_statistics(model, calibration, weights, scorer.requires, progress)
-        block_s = {i: sparsity for i in range(len(blocks))}
-        if isinstance(alloc, OWLAllocation):
-            owl = OWL(alloc.lam, alloc.m)
-            block_s = owl_allocation(
-                model, blocks, per_block["inside"], calibration, sparsity, owl, batch_size, progress, taps
-            )
-        result.block_sparsity = block_s
-        pruner = _MatrixPruner(scorer, per_param, result, backup if in_memory else None, stream)
-
-        def prune_block(index: int, stats: dict[str, ModuleStats]) -> None:
-            selection = Selection(block_s.get(index, sparsity), pattern, per_row)
-            pruner.prune(per_block["inside"][index], stats, selection)
-
-        if needs:
-            run_blockwise(
-                model, blocks, calibration, per_block["inside"], needs,
-                on_block=lambda i, _b, stats: prune_block(i, stats), mode=spec.calibration.mode,
-                batch_size=batch_size, progress=progress, desc=f"{scorer.name} blocks", taps=taps,
-                stream=stream,
-            )  # fmt: skip
-        else:
-            for i in tqdm(range(len(blocks)), desc="scoring", disable=not progress):
-                stream.onload(i, blocks[i])
-                prune_block(i, {})
-                stream.offload(i, blocks[i])
-        if per_block["outside"]:
-            pruner.prune(per_block["outside"], {}, Selection(sparsity, pattern, per_row))
+        _prune_blocks(plan, per_block, needs, result, backup)
     except BaseException:
         backup.restore()
         raise
     return result
+
+
+def _prune_blocks(plan: Plan, per_block: dict, needs, result: UnstructuredResult, backup: _Backup) -> None:
+    """Full-model statistics first, then the allocation, then every block in order (and what lies
+    outside the blocks, which needs no activations)."""
+    spec, model, blocks, calibration, progress = (
+        plan.spec,
+        plan.model,
+        plan.blocks,
+        plan.calibration,
+        plan.spec.progress,
+    )
+    pattern = spec.structure.pattern if isinstance(spec.structure, SemiStructured) else None
+    per_row = getattr(spec.structure, "granularity", None) == "row"
+    stream = plan.stream or BlockStream()  # blocks already in memory: onload/offload do nothing
+    weights = {name: mod.weight for name, mod in plan.targeted.items()}
+    per_param = model_statistics(model, calibration, weights, plan.scorer.requires, progress)
+    result.block_sparsity = _allocation(plan, per_block["inside"])
+    keep = backup if plan.stream is None else None
+    pruner = _MatrixPruner(plan.scorer, per_param, result, keep, stream)
+
+    def prune_block(index: int, stats: dict[str, ModuleStats]) -> None:
+        selection = Selection(result.block_sparsity.get(index, spec.sparsity), pattern, per_row)
+        pruner.prune(per_block["inside"][index], stats, selection)
+
+    if needs:
+        run_blockwise(
+            model, blocks, calibration, per_block["inside"], needs,
+            on_block=lambda i, _b, stats: prune_block(i, stats), mode=spec.calibration.mode,
+            batch_size=spec.calibration.batch_size, progress=progress, desc=f"{plan.scorer.name} blocks",
+            taps=plan.taps, stream=stream,
+        )  # fmt: skip
+    else:
+        for i in tqdm(range(len(blocks)), desc="scoring", disable=not progress):
+            stream.onload(i, blocks[i])
+            prune_block(i, {})
+            stream.offload(i, blocks[i])
+    if per_block["outside"]:
+        pruner.prune(per_block["outside"], {}, Selection(spec.sparsity, pattern, per_row))
+
+
+def _allocation(plan: Plan, inside: list[dict[str, torch.nn.Module]]) -> dict[int, float]:
+    """Each block's sparsity: the request everywhere, or OWL's outlier-weighted allocation."""
+    spec, alloc = plan.spec, plan.spec.allocation
+    if not isinstance(alloc, OWLAllocation):
+        return {i: spec.sparsity for i in range(len(plan.blocks))}
+    return owl_allocation(
+        plan.model, plan.blocks, inside, plan.calibration, spec.sparsity, OWL(alloc.lam, alloc.m),
+        spec.calibration.batch_size, spec.progress, plan.taps,
+    )  # fmt: skip
 
 
 class _MatrixPruner:
