@@ -16,11 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
+from torch import Tensor
 
 from ...graph.groups import Group
 from ..statistics import Hessian, ModuleStats, Statistic, relative_error
 
 SCORERS: dict[str, type[Scorer]] = {}
+#: a group's member weights by parameter name
+Weights = Mapping[str, torch.Tensor]
+#: the statistics of a group's modules, by module name (None: a weights-only scorer)
+GroupStats = Mapping[str, ModuleStats] | None
 
 
 def register_scorer(cls: type[Scorer]) -> type[Scorer]:
@@ -96,21 +101,11 @@ class Scorer:
         hessian = stats.get(Hessian)
         return None if hessian is None else relative_error(weight, pruned, hessian)
 
-    def unit_scores(
-        self,
-        group: Group,
-        weights: Mapping[str, torch.Tensor],
-        stats: Mapping[str, ModuleStats] | None = None,
-    ) -> torch.Tensor:
+    def unit_scores(self, group: Group, weights: Weights, stats: GroupStats = None) -> Tensor:
         """Importance of each of ``group.num_units`` units (float tensor of that length)."""
         raise NotImplementedError(f"{self.name} does not score structured groups")
 
-    def comparable_unit_scores(
-        self,
-        group: Group,
-        weights: Mapping[str, torch.Tensor],
-        stats: Mapping[str, ModuleStats] | None = None,
-    ) -> torch.Tensor:
+    def comparable_unit_scores(self, group: Group, weights: Weights, stats: GroupStats = None) -> Tensor:
         """Unit scores on a scale shared by every group, for one threshold across groups (global search).
 
         The default z-scores :meth:`unit_scores` within the group; scorers that see finer parts of a unit
