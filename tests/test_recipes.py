@@ -429,8 +429,6 @@ def test_run_command_refuses_a_bad_recipe_with_its_line(tmp_path, model_dir, cap
 
 
 def test_run_command_saves_the_pruned_model(tmp_path, model_dir, capsys):
-    if not hasattr(prunekit, "save_pretrained"):
-        pytest.skip("prunekit.save_pretrained (prunekit/saving.py) is not in this tree yet")
     from prunekit.models import load
 
     recipe = _cli_recipe(tmp_path)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..data import eval_windows
+from ..eval import js_divergence, perplexity
+from ..models import load
 from .common import add_model_argument
 
 NAME = "eval"
@@ -21,9 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import eval_windows
-    from ..eval import js_divergence, perplexity
-    from ..models import load
 
     model, tok = load(args.model)
     windows = eval_windows(tok, seq_len=args.seq_len, max_windows=args.eval_windows, source=args.text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..api import trace
+from ..models import load
 from .common import add_model_argument
 
 NAME = "graph"
@@ -16,8 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import trace
-    from ..models import load
 
     model, _tok = load(args.model)
     graph = trace(model)

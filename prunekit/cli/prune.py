@@ -7,6 +7,11 @@ import copy
 import json
 from pathlib import Path
 
+from .. import api, io, models
+from ..data import calibration_ids, eval_windows
+from ..engine import distributed
+from ..engine.offload import offload_prune
+from ..eval import js_divergence, perplexity
 from .common import add_model_argument
 from .common import device as parse_device
 from .spec_flags import add_option_flags, spec_from_args
@@ -51,10 +56,6 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     import torch
-
-    from .. import api, io, models
-    from ..engine import distributed
-    from ..eval import js_divergence, perplexity
 
     spec = dataclasses.replace(spec_from_args(args), progress=True)  # every mistake before any loading
     device = parse_device(args.device)
@@ -103,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _calibration(tokenizer, spec, text: str | None):
-    from ..data import calibration_ids
 
     cal = spec.calibration
     return calibration_ids(
@@ -112,15 +112,12 @@ def _calibration(tokenizer, spec, text: str | None):
 
 
 def _windows(tokenizer, spec, args: argparse.Namespace):
-    from ..data import eval_windows
 
     seq_len = spec.calibration.seq_len
     return eval_windows(tokenizer, seq_len=seq_len, max_windows=args.eval_windows, source=args.text)
 
 
 def _prune_offloaded(args: argparse.Namespace, spec, device) -> int:
-    from ..engine import distributed
-    from ..engine.offload import offload_prune
 
     if not args.out:
         raise ValueError("--offload writes the pruned model shard by shard: it needs --out")

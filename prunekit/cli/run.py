@@ -13,6 +13,12 @@ import json
 import shutil
 from pathlib import Path
 
+from ..data import eval_windows
+from ..eval import perplexity
+from ..io import save_pretrained
+from ..models import load
+from ..recipes import check_recipe, load_recipe, recipe_calibration, run_recipe
+
 NAME = "run"
 HELP = "run a YAML recipe of pruning stages (see docs/recipes.md)"
 
@@ -31,23 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _saver(out: str | None):
-    """prunekit.save_pretrained, looked up before any pruning so a missing writer fails fast."""
-    if out is None:
-        return None
-    import prunekit
-
-    save = getattr(prunekit, "save_pretrained", None)
-    if save is None:
-        raise ImportError("--out needs prunekit.save_pretrained, which this installation lacks")
-    return save
-
-
 def run(args: argparse.Namespace) -> int:
-    from prunekit.data import eval_windows
-    from prunekit.eval import perplexity
-    from prunekit.models import load
-    from prunekit.recipes import check_recipe, load_recipe, recipe_calibration, run_recipe
 
     if args.eval_windows is not None and args.eval_windows < 1:
         raise ValueError(f"--eval-windows must be >= 1, got {args.eval_windows}")
@@ -55,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or recipe.model
     if name is None:
         raise ValueError(f"{args.recipe} names no model: pass --model")
-    save = _saver(args.out)
     model, tok = load(name)
     check_recipe(model, recipe)
     ids = recipe_calibration(model, recipe, tokenizer=tok)
@@ -86,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if ppl:
         print("\nperplexity: " + " -> ".join(f"{k} {v:.3f}" for k, v in ppl))
-    if save is not None:
+    if args.out is not None:
         out = Path(args.out)
-        save(model, out, tokenizer=tok, record=reports)
+        save_pretrained(model, out, tokenizer=tok, record=reports)
         shutil.copyfile(args.recipe, out / "recipe.yaml")
         if ppl:
             summary = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments.study import study
 from .common import add_text_arguments, experiment_settings, floats, names
 
 NAME = "study"
@@ -38,8 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from prunekit.experiments.study import study
 
     rows = study(
         args.models,

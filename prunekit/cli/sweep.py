@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..experiments.sweep import sweep
 from .common import add_model_argument, add_text_arguments, experiment_settings, floats, names
 from .spec_flags import add_option_flags, given_options
 
@@ -27,8 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from prunekit.experiments.sweep import sweep
 
     rows = sweep(args.model, **experiment_settings(args), **given_options(args))
     out = Path(args.out)

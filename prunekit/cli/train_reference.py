@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import argparse
 
+from ..refmodels.configs import ARCHS, SIZES
+from ..refmodels.train import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LR,
+    DEFAULT_SEQ_LEN,
+    DEFAULT_TOKENS,
+    DEFAULT_VOCAB,
+    train_reference,
+)
+
 NAME = "train-reference"
 HELP = "train a small matched reference model (llama | mamba | mamba2) from scratch on offline text"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from prunekit.refmodels.configs import ARCHS, SIZES
-    from prunekit.refmodels.train import (
-        DEFAULT_BATCH_SIZE,
-        DEFAULT_LR,
-        DEFAULT_SEQ_LEN,
-        DEFAULT_TOKENS,
-        DEFAULT_VOCAB,
-    )
 
     parser.add_argument("--arch", required=True, choices=ARCHS)
     parser.add_argument("--out", required=True, help="directory for the model, tokenizer and training.json")
@@ -52,7 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunekit.refmodels.train import train_reference
 
     same = ("corpus", "tokenizer", "vocab_size", "size", "seq_len", "batch_size", "lr", "seed", "max_minutes")
     summary = train_reference(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..eval.lm_eval import evaluate_lm_eval
+from ..eval.zeroshot import evaluate_tasks, load_task, summary_table
+from ..models import load
+
 NAME = "zeroshot"
 HELP = "zero-shot multiple-choice accuracy on JSONL task files ({context, choices, label} per line)"
 
@@ -27,9 +31,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from prunekit.eval.zeroshot import evaluate_tasks, load_task, summary_table
-    from prunekit.models import load
-
     if not args.tasks and not args.lm_eval:
         raise ValueError("name at least one task: --tasks FILE.jsonl ... or --lm-eval TASK ...")
     for task in args.tasks:
@@ -43,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.model}: zero-shot accuracy (acc: sum of log-probs; acc_norm: per character)")
         print(summary_table(results))
     if args.lm_eval:
-        from prunekit.eval.lm_eval import evaluate_lm_eval
-
         harness = evaluate_lm_eval(model, tok, args.lm_eval, batch_size=args.batch_size, limit=args.limit)
         for name, metrics in harness["results"].items():
             shown = {k: v for k, v in metrics.items() if isinstance(v, float)}
