@@ -13,6 +13,8 @@ import pkgutil
 import sys
 from types import ModuleType
 
+from ..engine.distributed import PeerFailedError
+
 
 def commands() -> list[ModuleType]:
     """Every command module in this package, sorted by command name."""
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunekit: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from ..engine.distributed import PeerFailedError
-
         if not isinstance(err, PeerFailedError):
             raise
         print(f"prunekit: error: {err}", file=sys.stderr)
