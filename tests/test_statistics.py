@@ -320,3 +320,14 @@ def test_owl_turns_block_scores_and_sizes_into_sparsities():
     assert set(alloc) == {0, 1}  # a block without targeted weights gets no sparsity
     assert alloc[0] < alloc[1]  # more outliers, lower sparsity
     assert list(alloc.values()) == owl_sparsities([ratios[0], ratios[1]], [100, 300], 0.5, 0.1)
+
+
+def test_a_scorer_that_declares_the_old_string_needs_is_refused_by_name():
+    from prunekit.methods.scorers import Scorer, register_scorer
+
+    class Old(Scorer):
+        name = "old-style-needs"
+        needs = frozenset({"sq_norm"})
+
+    with pytest.raises(TypeError, match="declares `needs`"):
+        register_scorer(Old)

@@ -32,6 +32,11 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     """Class decorator: make a scorer available to ``prunekit.prune(method=cls.name)``."""
     if not cls.name or cls.name in SCORERS:
         raise ValueError(f"scorer name {cls.name!r} is empty or already registered")
+    if "needs" in vars(cls):
+        raise TypeError(
+            f"scorer {cls.name!r} declares `needs`, which prunekit no longer reads: return its statistics "
+            "from `statistics()` (instances from prunekit.methods.statistics, e.g. SquaredNorms())"
+        )
     SCORERS[cls.name] = cls
     return cls
 
