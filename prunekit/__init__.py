@@ -1,6 +1,7 @@
 """prunekit: structured, semi-structured and unstructured pruning for transformers and state-space LMs.
 
-Entry points: :func:`prune` (one call for every method), :func:`trace` (the dependency graph of
+Entry points: :func:`prune` (one call for every method; :func:`build_spec` and :func:`prune_with_spec`
+split it into the validated request and its run), :func:`trace` (the dependency graph of
 prunable groups), :func:`task_masks` (switchable per-task structured masks), :func:`prune_offloaded`
 (models larger than memory, block by block from disk), :func:`prune_component` (one named part of a
 block), :func:`sweep` and :func:`study` (methods x sparsities; per component and family), and the
@@ -27,7 +28,7 @@ it (``tests/test_layout.py`` checks every import, and that no module imports ano
 """
 
 from . import data, eval, io, models
-from .api import prune, prune_offloaded, task_masks, trace
+from .api import prune, prune_offloaded, prune_with_spec, task_masks, trace
 from .engine.report import PruneReport
 from .engine.surgery import SurgeryError, remove, soft_zero
 from .experiments.study import prune_component, study
@@ -35,6 +36,7 @@ from .experiments.sweep import sweep
 from .graph import DependencyGraph, Group, Member, UnmappedOpError
 from .io import from_pretrained, save_pretrained
 from .methods.scorers import SCORERS, Scorer, register_scorer
+from .spec import PruneSpec, SpecError, build_spec
 from .version import __version__
 
 __all__ = [
@@ -43,10 +45,13 @@ __all__ = [
     "Group",
     "Member",
     "PruneReport",
+    "PruneSpec",
     "Scorer",
+    "SpecError",
     "SurgeryError",
     "UnmappedOpError",
     "__version__",
+    "build_spec",
     "data",
     "eval",
     "from_pretrained",
@@ -55,6 +60,7 @@ __all__ = [
     "prune",
     "prune_component",
     "prune_offloaded",
+    "prune_with_spec",
     "register_scorer",
     "remove",
     "save_pretrained",
