@@ -178,3 +178,23 @@ def test_every_option_has_a_front_end_or_says_where_it_goes():
         assert option.help
         assert option.cli_flag is not None or option.why, option.name
         assert option.recipe is not None or option.why, option.name
+
+
+def test_a_spec_built_ahead_prunes_exactly_as_the_call():
+    import copy
+
+    import torch
+    from conftest import make_tiny_llama
+
+    import prunekit
+
+    model = make_tiny_llama(seed=3)
+    ids = torch.randint(3, 64, (4, 12), generator=torch.Generator().manual_seed(3))
+    by_call, by_spec = copy.deepcopy(model), copy.deepcopy(model)
+    report = prunekit.prune(by_call, "wanda-sp", 0.25, calibration=ids, gqa="groups", round_to=2)
+    spec = prunekit.build_spec("wanda-sp", 0.25, gqa="groups", round_to=2)
+    again = prunekit.prune_with_spec(by_spec, spec, ids)
+    assert report.removed == again.removed and report.removed
+    assert all(
+        torch.equal(a, b) for a, b in zip(by_call.state_dict().values(), by_spec.state_dict().values())
+    )
