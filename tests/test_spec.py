@@ -198,3 +198,28 @@ def test_a_spec_built_ahead_prunes_exactly_as_the_call():
     assert all(
         torch.equal(a, b) for a, b in zip(by_call.state_dict().values(), by_spec.state_dict().values())
     )
+
+
+def test_task_weights_must_name_tasks_of_the_calibration():
+    import torch
+    from conftest import make_tiny_llama
+
+    import prunekit
+
+    model = make_tiny_llama(seed=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(3, 64, (2, 8))
+    with pytest.raises(SpecError, match=r"task_weights name tasks \['c'\]"):
+        prunekit.prune(
+            model, "seap", 0.2, calibration={"a": ids, "b": ids}, task_weights={"a": 1.0, "c": 1.0}
+        )
+    with pytest.raises(SpecError, match="task_weights blends the tasks"):
+        prunekit.prune(model, "flap", 0.2, calibration=ids, task_weights={"a": 1.0})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_on_off_spell_only_the_boolean_flags(capsys):
+    from prunekit.cli import main
+
+    assert main(["prune", "--method", "flap", "--mode", "on"]) == 2
+    assert "option mode='on' is not one of" in capsys.readouterr().err

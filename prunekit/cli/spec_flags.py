@@ -43,10 +43,16 @@ def _settings(text: str) -> dict[str, Any]:
 _PARSERS = {"layer_sparsity": _floats, "dense_blocks": _ints_or_pair, "logistic": _settings}
 
 
+def _is_switch(option: Option) -> bool:
+    """An option whose values are True / False (spelled on / off on the command line)."""
+    choices = [c for c in option.choices or () if c is not None]
+    return bool(choices) and all(isinstance(c, bool) for c in choices)
+
+
 def _flag_kwargs(option: Option) -> dict[str, Any]:
     # choices are shown, not enforced here: the spec refuses a bad value with the message Python gives
     choices = [c for c in option.choices or () if c is not None]
-    if choices and all(isinstance(c, bool) for c in choices):
+    if _is_switch(option):
         return {"metavar": "{on,off}", "help": option.help}
     if choices:
         return {"metavar": "{" + ",".join(choices) + "}", "help": option.help}
@@ -78,7 +84,7 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.option_flags:
         value = getattr(args, name)
         if value is not None:
-            out[name] = _ON_OFF.get(value, value) if isinstance(value, str) else value
+            out[name] = _ON_OFF.get(value, value) if _is_switch(OPTIONS[name]) else value
     for item in args.method_option:
         out.update(_settings(item))
     return out

@@ -34,6 +34,7 @@ def plan(
 ) -> Plan:
     """Resolve ``spec`` on ``model``; ``calibration`` comes checked from
     :func:`prunekit.spec.prepare_calibration`."""
+    t0 = time.perf_counter()
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     ids = {id(m) for m in blocks}
@@ -47,6 +48,7 @@ def plan(
         resolved.targeted = weight_targets(model, blocks, spec.targets, spec.ignore)
         if isinstance(spec.structure, SemiStructured):
             check_nm(resolved.targeted, spec.structure.pattern)
+    resolved.seconds = time.perf_counter() - t0
     return resolved
 
 
@@ -56,9 +58,8 @@ def execute(plan: Plan) -> PruneReport:
     model, spec = plan.model, plan.spec
     before = count_params(model, plan.layer_names)
     flops_before = matmul_flops(model)
-    shown = {k: v for k, v in spec.options().items() if k != "tokenizer"}
     report = PruneReport(
-        spec.method, str(spec.structure), spec.sparsity, [], options={**shown, **plan.scorer.config}
+        spec.method, str(spec.structure), spec.sparsity, [], options={**spec.options(), **plan.scorer.config}
     )
     if spec.kind == "structured":
         _structured(plan, report)
@@ -66,7 +67,7 @@ def execute(plan: Plan) -> PruneReport:
         _unstructured(plan, report)
     _rows(plan, report, before)
     report.flops_per_token = (flops_before, matmul_flops(model))
-    report.seconds = time.perf_counter() - t0
+    report.seconds = plan.seconds + time.perf_counter() - t0
     return report
 
 

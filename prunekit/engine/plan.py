@@ -30,6 +30,8 @@ class Plan:
     #: structured: the traced graph and the groups to prune
     graph: DependencyGraph | None = None
     groups: list[Group] = field(default_factory=list)
+    #: seconds spent planning (tracing, resolving targets): part of the report's time
+    seconds: float = 0.0
     #: where blocks live between uses (None: all in memory)
     stream: BlockStream | None = None
 

@@ -247,7 +247,7 @@ def _key_of(key: str, stage: Stage, keys: dict) -> str:
         return f"options.{key}"
     if key in keys:
         return key
-    return "structure" if key == "structure" and "structure" not in keys else ("method" if key else "")
+    return "method" if key else ""
 
 
 def _structure(node: Node | None, ctx: Ctx, scorer_cls) -> str:

@@ -36,6 +36,7 @@ def prepare_calibration(
         data = {str(k): validate_calibration(v, model, settings) for k, v in calibration.items()}
     else:
         data = validate_calibration(calibration, model, settings)
+    _check_task_weights(spec, data)
     if data is None and needs_calibration(spec, compensation=False):
         needs = sorted(map(str, spec.scorer().requires))
         raise SpecError(
@@ -43,6 +44,20 @@ def prepare_calibration(
             "calibration",
         )
     return data
+
+
+def _check_task_weights(spec: PruneSpec, data: Any) -> None:
+    """task_weights blend the tasks of a {task: data} calibration: each must name one of them."""
+    if spec.task_weights is None:
+        return
+    if not isinstance(data, dict):
+        raise SpecError("option task_weights blends the tasks of a {task: data} calibration", "task_weights")
+    unknown = sorted(k for k, _w in spec.task_weights if k not in data)
+    if unknown:
+        raise SpecError(
+            f"task_weights name tasks {unknown} not in the calibration (tasks: {sorted(data)})",
+            "task_weights",
+        )
 
 
 def needs_calibration(spec: PruneSpec, compensation: bool = True) -> bool:
