@@ -33,6 +33,7 @@ from .engine.report import PruneReport
 from .engine.surgery import SurgeryError, remove, soft_zero
 from .experiments.study import prune_component, study
 from .experiments.sweep import sweep
+from .families import UnsupportedFamilyError, support
 from .graph import DependencyGraph, Group, Member, UnmappedOpError
 from .io import from_pretrained, save_pretrained
 from .methods.scorers import SCORERS, Scorer, register_scorer
@@ -50,6 +51,7 @@ __all__ = [
     "SpecError",
     "SurgeryError",
     "UnmappedOpError",
+    "UnsupportedFamilyError",
     "__version__",
     "build_spec",
     "data",
@@ -66,6 +68,7 @@ __all__ = [
     "save_pretrained",
     "soft_zero",
     "study",
+    "support",
     "sweep",
     "task_masks",
     "trace",

@@ -162,7 +162,19 @@ def config_changes(before: dict[str, Any], model: torch.nn.Module) -> dict[str, 
     """Config fields the prune call added or changed (per-layer sizes, added biases, ...)."""
     after = _jsonable(model.config.to_dict())
     before = _jsonable(before)
+    if isinstance(after.get("prunekit_layers"), list):  # per part kind since the fixtures: compare flat
+        after["prunekit_layers"] = [_flat(record) for record in after["prunekit_layers"]]
     return {k: v for k, v in sorted(after.items()) if before.get(k, "<absent>") != v}
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    """``{kind: {size: value}}`` as one ``{size: value}`` dict (the fixtures' format)."""
+    out: dict[str, Any] = {}
+    for sizes in record.values():
+        clash = set(out) & set(sizes)
+        assert not clash, f"part kinds share size names {clash}"
+        out.update(sizes)
+    return out
 
 
 @dataclass

@@ -112,4 +112,7 @@ def test_parity(case: Case, recorded_tensors):
     # logits add the forward path (attention function of uneven GQA groups, per-layer config sizes)
     torch.testing.assert_close(logits(model, case.seed), expected["logits"], rtol=RTOL, atol=1e-5)
 
-    assert_same_summary(summary(report, model, dense), record["summary"])
+    # the groups skipped must be the same; their reasons are prose (reworded since the fixtures)
+    got, want = summary(report, model, dense), dict(record["summary"])
+    assert [s.split(": ")[0] for s in got.pop("skipped")] == [s.split(": ")[0] for s in want.pop("skipped")]
+    assert_same_summary(got, want)

@@ -80,7 +80,9 @@ def test_smollm2_flap_non_uniform_round_trip_is_bit_identical(smollm2, tmp_path)
     ids = calibration_ids(tok, n_samples=8, seq_len=64)
     report = prunekit.prune(model, method="flap", sparsity=0.2, structure="structured", calibration=ids)
     layers = model.config.prunekit_layers
-    assert len({d["intermediate_size"] for d in layers}) > 1, "global search should give non-uniform blocks"
+    assert len({d["mlp"]["intermediate_size"] for d in layers}) > 1, (
+        "global search should give non-uniform blocks"
+    )
     assert model.config.prunekit_added_biases
 
     path = prunekit.save_pretrained(
@@ -197,7 +199,8 @@ def test_uniform_llama_loads_with_plain_automodel(tmp_path):
     )
     path = prunekit.save_pretrained(model, tmp_path / "u")
     config = json.loads((path / "config.json").read_text())
-    fields = {k: v for k, v in model.config.prunekit_layers[0].items() if k != "kv_group_sizes"}
+    first = model.config.prunekit_layers[0]
+    fields = {k: v for k, v in first["attention"].items() if k != "kv_group_sizes"} | first["mlp"]
     assert all(config[k] == v for k, v in fields.items())
     assert _section(path)["plain_loadable"] is True
     plain = AutoModelForCausalLM.from_pretrained(path)
@@ -260,16 +263,25 @@ def test_mamba2_uniform_plain_only_when_expand_can_express_it(tmp_path):
 
 
 # ------------------------------------------------------------------------------ tampering
-def test_a_reshaped_tensor_is_named_with_both_shapes(tmp_path):
+def test_a_reshaped_tensor_is_named(tmp_path):
+    """Inside a block part, the part says which projections disagree; elsewhere both shapes are named."""
     _model, path = _pruned_llama(tmp_path)
-    name = "model.layers.1.mlp.gate_proj.weight"
+    for name, message in [
+        (
+            "model.layers.1.mlp.gate_proj.weight",
+            r"layers\.1\.mlp: gate_proj has \d+ output channels for down_proj",
+        ),
+        ("model.layers.0.self_attn.k_proj.weight", r"layers\.0\.self_attn: k_proj has \d+ output channels"),
+        ("model.norm.weight", r"model\.norm\.weight: the checkpoint holds shape \[31\]"),
+    ]:
+        _model, path = _pruned_llama(tmp_path / name)
 
-    def shrink(t):
-        t[name] = t[name][:-1].clone()
+        def shrink(t, name=name):
+            t[name] = t[name][:-1].clone()
 
-    _rewrite_weights(path, shrink)
-    with pytest.raises(CheckpointError, match=rf"{name}: the checkpoint holds shape \[\d+, 32\]"):
-        from_pretrained(path)
+        _rewrite_weights(path, shrink)
+        with pytest.raises(CheckpointError, match=message):
+            from_pretrained(path)
 
 
 def test_a_missing_or_extra_tensor_is_named(tmp_path):
@@ -290,21 +302,39 @@ def test_a_missing_or_extra_tensor_is_named(tmp_path):
 def test_a_config_that_disagrees_with_the_weights_is_refused(tmp_path):
     model, path = _pruned_llama(tmp_path)
     config = json.loads((path / "config.json").read_text())
-    config["prunekit"]["layers"][0]["intermediate_size"] += 1
+    config["prunekit"]["layers"][0]["mlp"]["intermediate_size"] += 1
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight"):
+    with pytest.raises(CheckpointError, match=r"layer 0: recorded sizes .*the checkpoint's shapes give"):
         from_pretrained(path)
 
-    config["prunekit"]["layers"][0]["intermediate_size"] -= 1
-    config["prunekit"]["layers"][1]["num_key_value_heads"] = 3  # 2 or 4 query heads do not split in 3
+    config["prunekit"]["layers"][0]["mlp"]["intermediate_size"] -= 1
+    config["prunekit"]["layers"][1]["attention"]["num_key_value_heads"] = (
+        3  # 2 or 4 query heads do not split in 3
+    )
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="layer 1"):
         from_pretrained(path)
 
-    del config["prunekit"]["layers"][1]["intermediate_size"]
+    del config["prunekit"]["layers"][1]["mlp"]
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="layer 1: per-layer fields must be"):
+    with pytest.raises(
+        ValueError, match=r"layer 1: sizes must be recorded for the parts \['attention', 'mlp'\]"
+    ):
         from_pretrained(path)
+
+
+def test_a_directory_with_flat_per_layer_sizes_still_loads(tmp_path):
+    """Directories written before sizes were recorded per part kind hold one flat dict per block."""
+    model, path = _pruned_llama(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["prunekit"]["layers"] = [
+        {k: v for sizes in record.values() for k, v in sizes.items()}
+        for record in config["prunekit"]["layers"]
+    ]
+    (path / "config.json").write_text(json.dumps(config))
+    reloaded = from_pretrained(path)
+    assert reloaded.config.prunekit_layers == model.config.prunekit_layers
+    assert torch.equal(_logits(reloaded, _ids(1)), _logits(model, _ids(1)))
 
 
 def test_a_nonzero_companion_bias_is_refused(tmp_path):

@@ -41,6 +41,7 @@ def plan(
     layer_names = [name for name, mod in model.named_modules() if id(mod) in ids]
     resolved = Plan(model, spec, spec.scorer(), adapter, calibration, blocks, layer_names, stream=stream)
     if spec.kind == "structured":
+        adapter.check_structured(model)
         resolved.graph = trace(model, adapter=adapter)
         roles = adapter.default_structured_roles
         resolved.groups = group_targets(resolved.graph.groups, roles, spec.targets, spec.ignore)

@@ -1,10 +1,11 @@
-"""The adapter interface: per-family knowledge that a trace cannot see.
+"""The family adapter: per-family knowledge that a trace cannot see, composed of typed block parts.
 
 A trace finds *which* channels move together; it cannot know which of those groups the family's Python
-code can actually run with after shrinking (Llama views every projection with one ``head_dim``), which
-module attributes and config fields restate a size (``num_key_value_groups``, ``intermediate_size``), or
-which modules are opaque kernels. An adapter answers exactly those questions, in a few dozen lines, and
-nothing else: it never scores or chooses channels.
+code can still run with after shrinking, which module attributes and config fields restate a size, or
+which modules are opaque kernels. A family adapter answers that by listing its block parts
+(:mod:`.parts`: attention, MLP, Mamba mixers, ...) and the few family-wide facts (whether the residual
+stream may shrink, opaque kernels). Blocks are found from the model (:mod:`.blocks`), and each block holds
+the parts whose modules it has, so a hybrid is a family with more parts. It never scores or chooses.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import Any
 import torch
 
 from ..graph.groups import Group
+from . import kv_index
+from .blocks import UnsupportedFamilyError, family_name, find_blocks
 from .components import ALL, Component
+from .parts import Part
+from .parts.attention import is_uneven_sizes
+from .sizes import check_sizes, nest_legacy
 
 ADAPTERS: dict[str, type[Adapter]] = {}
 
@@ -26,7 +32,7 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
 
 
 def get_adapter(model: torch.nn.Module) -> Adapter:
-    """The adapter for a model, by ``config.model_type`` (falling back to a conservative generic one)."""
+    """The adapter for a model, by ``config.model_type`` (else the generic one: unstructured only)."""
     return adapter_for_config(getattr(model, "config", None))
 
 
@@ -37,21 +43,53 @@ def adapter_for_config(config: Any) -> Adapter:
     return cls() if cls else GenericAdapter()
 
 
+#: one part found in one block: (part, module name, module)
+Found = tuple[Part, str, torch.nn.Module]
+
+
 class Adapter:
-    """Base adapter. Subclasses set ``model_types`` and override the hooks they need."""
+    """A family: its parts, plus family-wide facts. Subclasses set the class attributes."""
 
     name = "base"
     model_types: tuple[str, ...] = ()
+    parts: tuple[Part, ...] = ()
     #: module path patterns (fnmatch) of opaque kernels -> why; their channels are pinned, not an error
     opaque_modules: dict[str, str] = {}
-    #: roles whose groups the family's code can shrink along
-    supported_roles: tuple[str, ...] = ()
-    #: roles pruned by ``structure="structured"`` when the user names no targets
-    default_structured_roles: tuple[str, ...] = ()
-    #: named parts of a block that studies prune one at a time (see :mod:`.components`)
-    components: tuple[Component, ...] = ()
+    #: whether the residual stream (hidden size) may shrink; ``hidden_attrs`` restate it on block modules
+    prunes_residual = False
+    hidden_attrs: tuple[str, ...] = ("hidden_size",)
+    #: why the family cannot be pruned structurally at all (None: it can)
+    structured_refusal: str | None = None
 
     # ------------------------------------------------------------------ naming
+    @property
+    def supported_roles(self) -> tuple[str, ...]:
+        roles = [r for part in self.parts for r in part.roles]
+        return tuple(dict.fromkeys((["residual"] if self.prunes_residual else []) + roles))
+
+    @property
+    def default_structured_roles(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r for part in self.parts for r in part.default_roles))
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        out: dict[str, Component] = {}
+        for part in self.parts:
+            where = "|".join(p for p in part.paths if p)
+            for comp in part.components(f"({where})" if where else ""):
+                out.setdefault(comp.name, comp)
+        return tuple(out.values())
+
+    @property
+    def bias_flags(self) -> dict[str, tuple[str, ...]]:
+        """Config flag -> module paths within a block whose bias the flag makes the class create."""
+        flags: dict[str, tuple[str, ...]] = {}
+        for part in self.parts:
+            base = part.paths[0] if part.paths else ""
+            for flag, mods in part.bias_flags.items():
+                flags[flag] = flags.get(flag, ()) + tuple(f"{base}.{m}" if base else m for m in mods)
+        return flags
+
     def component(self, name: str) -> Component:
         """The component called ``name`` ("all" is every family's default targets).
 
@@ -66,17 +104,72 @@ class Adapter:
         known = ", ".join([ALL, *(c.name for c in self.components)])
         raise ValueError(f"the {self.name} family has no component {name!r}; it has: {known}")
 
+    # ------------------------------------------------------------------ blocks and parts
+    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [block for _name, block in find_blocks(model)]
+
+    def block_parts(self, model: torch.nn.Module) -> list[tuple[str, list[Found]]]:
+        """Every block's name and the parts it holds (module name, module)."""
+        out = []
+        for block_name, block in find_blocks(model):
+            found = []
+            for part in self.parts:
+                hit = part.locate(block)
+                if hit is not None:
+                    path, module = hit
+                    found.append((part, f"{block_name}.{path}" if path else block_name, module))
+            out.append((block_name, found))
+        return out
+
+    def _all_found(self, model: torch.nn.Module) -> list[Found]:
+        return [f for _block, found in self.block_parts(model) for f in found]
+
+    def _owner(self, group: Group, model: torch.nn.Module) -> Found | None:
+        """The part whose module holds ``group`` (the most specific one: OPT's MLP lives on the block)."""
+        hits = [f for f in self._all_found(model) if group.name == f[1] or group.name.startswith(f[1] + ".")]
+        return max(hits, key=lambda f: len(f[1]), default=None)
+
+    def check_structured(self, model: torch.nn.Module) -> None:
+        """Raise :class:`UnsupportedFamilyError` unless structured pruning can run on this family."""
+        if self.structured_refusal or not self.parts:
+            why = self.structured_refusal or (
+                "it has no prunekit family adapter (unstructured and N:M pruning work; see "
+                "docs/adapters.md for the supported families and how to add one)"
+            )
+            raise UnsupportedFamilyError(f"structured pruning of {family_name(model)}: {why}")
+        for block_name, found in self.block_parts(model):
+            if not found:
+                kinds = ", ".join(p.kind for p in self.parts)
+                raise UnsupportedFamilyError(
+                    f"structured pruning of {family_name(model)}: block {block_name} holds none of the "
+                    f"{self.name} adapter's parts ({kinds})"
+                )
+
+    # ------------------------------------------------------------------ groups
     def role(self, group: Group, model: torch.nn.Module) -> str:
-        """A short name for what the group is ("mlp", "attention", "residual", ...)."""
+        """A short name for what the group is ("attention", "mlp", "residual", ...)."""
         if self.embedding_param(model) in group.params:
             return "residual"
-        return group.kind
+        owner = self._owner(group, model)
+        role = owner[0].role(group, owner[1], owner[2]) if owner else None
+        return role or group.kind
 
     def rejects(self, group: Group, model: torch.nn.Module) -> str | None:
         """Why the model's code cannot be shrunk along this group, or None if it can."""
+        if group.role != "residual":
+            owner = self._owner(group, model)
+            why = owner[0].rejects(group, owner[2], model) if owner else None
+            if why:
+                return why
         if group.role not in self.supported_roles:
             return f"{self.name} adapter does not support pruning {group.role!r} groups ({group.kind})"
         return None
+
+    def runs_uneven_groups(self, model: torch.nn.Module, group: Group) -> bool:
+        """Whether the family's code runs a grouped-head group whose KV groups (B/C groups) keep different
+        numbers of query heads. Most cannot: they repeat every KV head the same number of times."""
+        owner = self._owner(group, model)
+        return bool(owner) and owner[0].runs_uneven(group, owner[2], model)
 
     @staticmethod
     def embedding_param(model: torch.nn.Module) -> str | None:
@@ -90,131 +183,135 @@ class Adapter:
 
     # ------------------------------------------------------------------ calibration
     def stat_taps(self, model: torch.nn.Module) -> dict:
-        """Modules whose weight the family's code applies without calling the module.
-
-        Returns ``{module_name: (source_module, fn)}``: that module's input is ``fn(source output)``
-        with features last, so calibration hooks can still see it.
-        """
-        return {}
+        """Modules whose weight the family's code applies without calling the module:
+        ``{module_name: (source_module, fn)}``, the input being ``fn(source output)`` with features last."""
+        taps: dict = {}
+        for part, name, module in self._all_found(model):
+            taps.update(part.stat_taps(name, module))
+        return taps
 
     # ------------------------------------------------------------------ after surgery
     def before_hidden_change(self, model: torch.nn.Module) -> None:
-        """Freeze config values that default to a function of the hidden size (e.g. ``head_dim``)."""
+        """Freeze what shapes will not tell after the cut (``head_dim`` derived from the hidden size)."""
+        cfg = model.config
+        if self.prunes_residual and hasattr(cfg, "num_attention_heads") and hasattr(cfg, "hidden_size"):
+            cfg.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        for part, _name, module in self._all_found(model):
+            part.before_hidden_change(module, model)
 
     def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
-        """Update what cannot be read back from tensor shapes once ``units`` of ``group`` left (Mamba-2's
-        ``ssm_state_size``, which query heads each KV head serves after uneven head removal)."""
-
-    def runs_uneven_groups(self, model: torch.nn.Module, group: Group) -> bool:
-        """Whether the family's code runs a grouped-head group whose KV groups (B/C groups) keep different
-        numbers of query heads. Most cannot: they repeat every KV head the same number of times."""
-        return False
+        owner = self._owner(group, model)
+        if owner is not None:
+            owner[0].on_removed(owner[2], group, units)
 
     def sync(self, model: torch.nn.Module) -> None:
-        """Recompute module attributes and config fields from the (shrunk) parameter shapes."""
+        """Restate module attributes and config fields from the (shrunk) parameter shapes."""
         sync_standard_modules(model)
         config = getattr(model, "config", None)
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if config is not None and emb is not None and hasattr(config, "hidden_size"):
             config.hidden_size = int(emb.weight.shape[1])
+        per_layer, uneven = [], False
+        for (_block, found), block in zip(self.block_parts(model), self.layers(model)):
+            if self.prunes_residual and emb is not None:
+                for mod in block.modules():
+                    for attr in self.hidden_attrs:
+                        if isinstance(getattr(mod, attr, None), int) and hasattr(mod, attr):
+                            setattr(mod, attr, int(emb.weight.shape[1]))
+            sizes = {part.kind: _restated(part, name, module, model) for part, name, module in found}
+            uneven |= any(is_uneven_sizes(s) for s in sizes.values())
+            per_layer.append(sizes)
+        if uneven or any(getattr(p, "uneven_kv", False) for p in self.parts):
+            kv_index.use_indexed(model.config, uneven)
+        self.set_layer_fields(model, per_layer)
+        self.after_sync(model, per_layer)
 
-    def layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        base = getattr(model, getattr(model, "base_model_prefix", "model"), model)
-        return list(getattr(base, "layers", []))
+    def after_sync(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
+        """Family-wide restating that follows the blocks' sizes (none by default)."""
 
     # ------------------------------------------------------------------ saving and loading
-    #: the per-layer fields :meth:`sync` records in ``config.prunekit_layers``
-    layer_fields: tuple[str, ...] = ()
-    #: config flag -> module names (within a block) whose bias the family's code creates when it is set
-    bias_flags: dict[str, tuple[str, ...]] = {}
+    def read_sizes(self, model: torch.nn.Module, per_layer: Any) -> list[dict[str, Any]]:
+        """Recorded per-block sizes, checked against the blocks and their parts (older flat records are
+        nested per part kind first).
 
-    def apply_layer_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
-        """Reshape a freshly built (dense-config) model so that every block has the recorded sizes.
-
-        The new tensors are uninitialised: a loader fills them from the checkpoint right after. Ends with
-        :meth:`sync`, so module attributes and ``config.prunekit_layers`` follow the new shapes, and
-        raises ``ValueError`` when the shapes that come out do not reproduce ``per_layer``.
+        Raises:
+            ValueError: not one record per block, a part kind the block does not hold, or a size that is
+                not a positive integer (a list of them for prunekit's own fields).
         """
-        raise NotImplementedError(f"the {self.name} adapter cannot rebuild per-layer sizes")
+        found = [[part for part, _n, _m in parts] for _b, parts in self.block_parts(model)]
+        if isinstance(per_layer, list):
+            per_layer = [nest_legacy(record, parts) for record, parts in zip(per_layer, found)] + per_layer[
+                len(found) :
+            ]
+        check_sizes(per_layer, found)
+        return per_layer
 
-    def check_layer_fields(self, model: torch.nn.Module, per_layer: Any) -> None:
-        """Raise ``ValueError`` unless ``per_layer`` is one dict of positive ints per block, same keys."""
-        self.check_fields(self.layers(model), per_layer, self.layer_fields)
-
-    @staticmethod
-    def check_fields(layers: list, per_layer: Any, layer_fields: tuple[str, ...]) -> None:
-        """One dict per block in ``layers`` with exactly ``layer_fields``, each a positive int."""
-        if not isinstance(per_layer, list) or len(per_layer) != len(layers):
-            raise ValueError(
-                f"per-layer fields must be a list with one entry per block ({len(layers)}), got "
-                f"{len(per_layer) if isinstance(per_layer, list) else type(per_layer).__name__}"
-            )
-        for i, fields in enumerate(per_layer):
-            if not isinstance(fields, dict) or set(fields) != set(layer_fields):
-                got = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
-                want = sorted(layer_fields)
-                raise ValueError(f"layer {i}: per-layer fields must be {want}, got {got}")
-            for key, value in fields.items():
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"layer {i}: {key} must be a positive integer, got {value!r}")
-
-    def finish_layer_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
-        """Sync after :meth:`apply_layer_fields` and check that the shapes reproduce ``per_layer``."""
-        self.sync(model)
-        got = getattr(model.config, "prunekit_layers", None)
-        for i, (want, have) in enumerate(zip(per_layer, got or [])):
-            if want != have:
-                raise ValueError(f"layer {i}: per-layer fields {want} are inconsistent (shapes give {have})")
+    def restore(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
+        """Set what shapes cannot tell (KV group sizes, state sizes) on freshly resized blocks."""
+        for (_block, found), sizes in zip(self.block_parts(model), per_layer):
+            for part, _name, module in found:
+                part.restore(module, sizes[part.kind])
 
     def plain_config_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> dict | None:
         """Top-level config values from which the family's own class builds exactly these blocks.
 
-        None when it cannot (the blocks differ): then a plain ``from_pretrained`` must fail on the first
-        mismatching tensor, which :meth:`base_config_fields` ensures.
+        None when it cannot (blocks of one kind differ, or KV groups are uneven): then a plain
+        ``from_pretrained`` must fail on the first mismatching tensor, which :meth:`base_config_fields`
+        ensures.
         """
-        return dict(per_layer[0]) if per_layer and self.is_uniform(per_layer) else None
+        fields: dict[str, Any] = {}
+        for part in self.parts:
+            records = [sizes[part.kind] for sizes in per_layer if part.kind in sizes]
+            if not records:
+                continue
+            if any(r != records[0] for r in records) or any(is_uneven_sizes(r) for r in records):
+                return None
+            fields.update(
+                {attr: records[0][key] for key, attr in part.config_fields.items() if key in records[0]}
+            )
+        return fields
 
     def base_config_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> dict:
         """Top-level values for a model the class cannot build from one config: the sizes before pruning.
 
-        The blocks are rebuilt from the per-layer list anyway; the pre-pruning sizes make a plain loader
-        build the dense shapes and stop with a size mismatch instead of loading something else.
+        The blocks are rebuilt from the checkpoint's shapes anyway; the pre-pruning sizes make a plain
+        loader build the dense shapes and stop with a size mismatch instead of loading something else.
         """
         base = getattr(model.config, "prunekit_base_fields", None) or {}
-        return {k: v for k, v in base.items() if k in self.layer_fields}
+        attrs = {attr for part in self.parts for attr in part.config_fields.values()}
+        return {k: v for k, v in base.items() if k in attrs}
 
-    @staticmethod
-    def is_uniform(per_layer: list[dict[str, Any]]) -> bool:
-        return all(fields == per_layer[0] for fields in per_layer)
-
-    @staticmethod
-    def set_layer_fields(model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
-        """Write per-layer sizes into the config: global fields when uniform, and always a per-layer list."""
+    def set_layer_fields(self, model: torch.nn.Module, per_layer: list[dict[str, Any]]) -> None:
+        """Write per-block sizes into the config: a config attribute where every block of that part kind
+        agrees, and always the per-block list (``config.prunekit_layers``)."""
         config = model.config
         if not per_layer:
             return
         if getattr(config, "prunekit_base_fields", None) is None:  # sizes before the first pruning
-            fields = {key: getattr(config, key, None) for key in per_layer[0]}
-            config.prunekit_base_fields = {k: v for k, v in fields.items() if isinstance(v, int)}
-        for key in per_layer[0]:
-            values = [d[key] for d in per_layer]
-            if all(isinstance(v, int) for v in values) and len(set(values)) == 1:
-                setattr(config, key, values[0])
+            attrs = {attr for part in self.parts for attr in part.config_fields.values()}
+            values = {attr: getattr(config, attr, None) for attr in attrs}
+            config.prunekit_base_fields = {k: v for k, v in values.items() if isinstance(v, int)}
+        for part in self.parts:
+            records = [sizes[part.kind] for sizes in per_layer if part.kind in sizes]
+            for key, attr in part.config_fields.items():
+                values = {r[key] for r in records if isinstance(r.get(key), int)}
+                if len(values) == 1:
+                    setattr(config, attr, values.pop())
         config.prunekit_layers = per_layer
 
 
+def _restated(part: Part, name: str, module: torch.nn.Module, model: torch.nn.Module) -> dict[str, Any]:
+    try:
+        return part.restate(module, model)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
 class GenericAdapter(Adapter):
-    """Fallback for unknown families: only independent channel groups inside one block."""
+    """Families without an adapter: blocks are found, unstructured and N:M pruning work; structured
+    pruning is refused (:meth:`Adapter.check_structured`) because nothing tells what the code restates."""
 
     name = "generic"
-    supported_roles = ("channels",)
-    default_structured_roles = ("channels",)
-
-    def rejects(self, group: Group, model: torch.nn.Module) -> str | None:
-        why = super().rejects(group, model)
-        if why is None and group.norm_spanned:
-            return "generic adapter does not prune channels that a normalization spans"
-        return why
 
 
 def sync_standard_modules(model: torch.nn.Module) -> None:
@@ -233,6 +330,8 @@ def sync_standard_modules(model: torch.nn.Module) -> None:
                 mod.in_channels = int(mod.weight.shape[1]) * mod.groups
         elif isinstance(mod, torch.nn.LayerNorm) and mod.weight is not None:
             mod.normalized_shape = tuple(mod.weight.shape)
+        elif type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):  # transformers' transposed linear
+            mod.nf = int(mod.weight.shape[1])
 
 
 def resize_parameter(module: torch.nn.Module, name: str, shape: tuple[int, ...]) -> None:
@@ -245,15 +344,3 @@ def resize_parameter(module: torch.nn.Module, name: str, shape: tuple[int, ...])
         return
     new = torch.empty(shape, dtype=old.dtype, device=old.device)
     setattr(module, name, torch.nn.Parameter(new, requires_grad=old.requires_grad))
-
-
-def resize_linear(linear: torch.nn.Module, out_features: int, in_features: int) -> None:
-    """Reshape a Linear's weight (and bias, if it has one) to ``[out, in]``."""
-    resize_parameter(linear, "weight", (out_features, in_features))
-    resize_parameter(linear, "bias", (out_features,))
-
-
-def resize_depthwise_conv(conv: torch.nn.Conv1d, channels: int) -> None:
-    """Reshape a depthwise Conv1d (one filter per channel) to ``channels`` channels."""
-    resize_parameter(conv, "weight", (channels, 1, conv.weight.shape[-1]))
-    resize_parameter(conv, "bias", (channels,))

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ..families import get_adapter
+from ..families.base import resize_parameter
 from .format import FORMAT, LIVE_KEYS, MASK_SHARDS, MASKS_FILE, SECTION, CheckpointError
 
 __all__ = ["from_pretrained", "is_prunekit_dir", "load_masks", "module_named"]
@@ -60,8 +61,7 @@ def from_pretrained(directory: str | Path, torch_dtype: torch.dtype | None = Non
     if section.get("base_fields"):
         model.config.prunekit_base_fields = dict(section["base_fields"])
     if section["layers"]:
-        adapter.check_layer_fields(model, section["layers"])
-        adapter.apply_layer_fields(model, section["layers"])
+        _reshape_blocks(model, adapter, path, section["layers"])
     for name in section["added_biases"]:
         mod = module_named(model, name, "added bias")
         if getattr(mod, "bias", None) is None:
@@ -77,6 +77,48 @@ def from_pretrained(directory: str | Path, torch_dtype: torch.dtype | None = Non
     if section["records"]:
         model.config.prunekit_records = list(section["records"])
     return model.eval()
+
+
+def _reshape_blocks(model: torch.nn.Module, adapter, path: Path, recorded: Any) -> None:
+    """Give every block parameter the checkpoint's shape, restore what shapes cannot tell, and check that
+    the sizes the parts read back are the recorded ones.
+
+    Shapes come from the file's header (no tensor is read); only parameters of the blocks' parts may
+    differ from the dense build (a wrong-sized embedding or norm still fails the strict load), and each
+    part checks that its projections agree with one another when it reads its sizes back.
+    """
+    try:
+        per_layer = adapter.read_sizes(model, recorded)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    shapes = _checkpoint_shapes(path)
+    for _block, found in adapter.block_parts(model):
+        for _part, part_name, module in found:
+            for name, param in list(module.named_parameters()):
+                shape = shapes.get(f"{part_name}.{name}")
+                if shape is not None and tuple(shape) != tuple(param.shape):
+                    owner, _, attr = f"{part_name}.{name}".rpartition(".")
+                    resize_parameter(model.get_submodule(owner), attr, tuple(shape))
+    adapter.restore(model, per_layer)
+    try:
+        adapter.sync(model)
+    except ValueError as err:
+        raise CheckpointError(
+            f"{path}: the checkpoint's shapes do not fit its recorded sizes: {err}"
+        ) from None
+    for i, (want, have) in enumerate(zip(per_layer, model.config.prunekit_layers)):
+        if want != have:
+            raise CheckpointError(
+                f"{path}: layer {i}: recorded sizes {want}, the checkpoint's shapes give {have}"
+            )
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, list[int]]:
+    shapes = {}
+    for file in weight_files(path):
+        with safe_open(str(file), "pt") as f:
+            shapes.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})
+    return shapes
 
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor]:

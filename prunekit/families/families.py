@@ -1,0 +1,1 @@
+"""Further decoder families composed from the standard parts (filled as they pass the conformance suite)."""
