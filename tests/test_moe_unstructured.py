@@ -190,6 +190,20 @@ def test_split_is_undone_when_the_body_fails():
     assert all("forward" not in s.module.__dict__ for s in splits)
 
 
+def test_a_failure_half_way_restores_every_expert_weight():
+    model = make_moe()
+    snapshot = _state(model)
+
+    def fail(*_args):
+        raise RuntimeError("second block fails")
+
+    model.model.layers[1].self_attn.q_proj.register_forward_pre_hook(fail)  # after block 0 is pruned
+    with pytest.raises(RuntimeError, match="second block fails"):
+        prunekit.prune(model, method="sparsegpt", sparsity=0.5, calibration=_ids())
+    _assert_same(model, snapshot)
+    assert all("forward" not in s.module.__dict__ for s in _splits(model))
+
+
 @settings(max_examples=examples(6), deadline=None)
 @given(experts=st.integers(1, 5), top_k=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_split_forward_is_exact_for_any_expert_count_and_top_k(experts, top_k, seed):

@@ -39,6 +39,11 @@ class Plan:
     stream: BlockStream | None = None
 
     @property
+    def expert_targets(self) -> set[str]:
+        """The targeted per-expert matrices' names (see :mod:`.experts`)."""
+        return {n for s in self.experts for n in s.targets() if n in self.targeted}
+
+    @property
     def taps(self) -> dict:
         """The adapter's statistic taps (modules whose inputs no hook sees)."""
         return self.adapter.stat_taps(self.model)

@@ -116,7 +116,7 @@ def _prune_blocks(plan: Plan, per_block: dict, needs, result: UnstructuredResult
     per_param = model_statistics(model, calibration, weights, plan.scorer.requires, progress)
     result.block_sparsity = _allocation(plan, per_block["inside"])
     keep = backup if plan.stream is None else None
-    experts = {n for s in plan.experts for n in s.targets()}
+    experts = plan.expert_targets
     pruner = _MatrixPruner(plan.scorer, per_param, result, keep, stream, experts if needs else ())
 
     def prune_block(index: int, stats: dict[str, ModuleStats]) -> None:
@@ -146,7 +146,7 @@ def _allocation(plan: Plan, inside: list[dict[str, torch.nn.Module]]) -> dict[in
         return {i: spec.sparsity for i in range(len(plan.blocks))}
     return owl_allocation(
         plan.model, plan.blocks, inside, plan.calibration, spec.sparsity, OWL(alloc.lam, alloc.m),
-        spec.calibration.batch_size, spec.progress, plan.taps, {n for s in plan.experts for n in s.targets()},
+        spec.calibration.batch_size, spec.progress, plan.taps, plan.expert_targets,
     )  # fmt: skip
 
 
