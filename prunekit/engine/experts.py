@@ -267,11 +267,15 @@ def split_experts(splits: Sequence[ExpertsSplit]) -> Iterator[None]:
     """Attach every split's per-expert Linears and route its forward through them, for the duration.
 
     Raises ``RuntimeError`` before attaching anything when a 3-D parameter was replaced after the views
-    were taken (writes would land in a tensor the model no longer uses)."""
+    were taken (writes would land in a tensor the model no longer uses), or when the module already has
+    an attribute where an expert's Linears would go."""
     for s in splits:
         for attr, param in s.params.items():
             if s.module._parameters.get(attr) is not param:
                 raise RuntimeError(f"{s.name}.{attr} was replaced after its experts were split: plan again")
+        taken = [str(e) for e in range(len(s.per_expert)) if hasattr(s.module, str(e))]
+        if taken:
+            raise RuntimeError(f"{s.name} already has attributes {taken}: its experts cannot be attached")
     installed: list[tuple[ExpertsSplit, object]] = []
     try:
         for s in splits:
@@ -308,6 +312,8 @@ def param_masks(masks: dict[str, torch.Tensor], splits: Sequence[ExpertsSplit]) 
             continue
         s, e, p = slots[name]
         param = s.params[p.attr]
-        full = out.setdefault(f"{s.name}.{p.attr}", torch.zeros(param.shape, dtype=torch.bool))
-        full[e] = (mask.t() if p.transposed else mask).to(full.device)
+        full = out.setdefault(
+            f"{s.name}.{p.attr}", torch.zeros(param.shape, dtype=torch.bool, device=mask.device)
+        )
+        full[e] = mask.t() if p.transposed else mask
     return out
