@@ -66,6 +66,9 @@ def _run_sequences(model, ids, params, acc, progress) -> None:
         loss.backward()
         with torch.no_grad():
             for name, p in params.items():
+                # no gradient at all: the loss does not depend on it for this sequence (an expert no token
+                # of it was routed to), which is a zero gradient, not a missing one
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
                 for a in acc[name]:
-                    a.add(p.grad)
+                    a.add(grad)
                 p.grad = None

@@ -84,6 +84,13 @@ def offload_prune(
     outside = [n for n in resolved.targeted if not any(n.startswith(p) for p in prefixes)]
     if outside:
         raise ValueError(f"offloaded pruning prunes weights inside the blocks only; {outside} lie outside")
+    if resolved.experts:  # their per-expert views would outlive the parameters each block load replaces
+        names = [s.name for s in resolved.experts]
+        raise ValueError(
+            f"offloaded pruning cannot prune mixture-of-experts weights yet ({names[0]} and "
+            f"{len(names) - 1} more): prune the model in memory (prunekit.prune), or leave them out with "
+            "ignore= (their names or 3-D parameter names)"
+        )
 
     use_mmap_for_large_buffers()  # see .memory: otherwise the heap fragments block after block
     writer = _ShardWriter(out, ckpt, len(resolved.blocks), write=distributed.rank() == 0)

@@ -18,6 +18,7 @@ from ..families import get_adapter
 from ..graph import trace
 from ..spec import PruneSpec, SemiStructured
 from .calibration import BlockStream
+from .experts import ExpertsSplit, find_experts, param_masks
 from .plan import Plan
 from .report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
 from .structured import plan_structured, prune_structured
@@ -46,7 +47,13 @@ def plan(
         roles = adapter.default_structured_roles
         resolved.groups = group_targets(resolved.graph.groups, roles, spec.targets, spec.ignore)
     else:
-        resolved.targeted = weight_targets(model, blocks, spec.targets, spec.ignore)
+        found = find_experts(model)
+        resolved.targeted = weight_targets(model, blocks, spec.targets, spec.ignore, experts=found)
+        resolved.experts = [
+            e
+            for e in found
+            if isinstance(e, ExpertsSplit) and any(n in resolved.targeted for n in e.targets())
+        ]
         if isinstance(spec.structure, SemiStructured):
             check_nm(resolved.targeted, spec.structure.pattern)
     resolved.seconds = time.perf_counter() - t0
@@ -74,8 +81,9 @@ def execute(plan: Plan) -> PruneReport:
 
 def _unstructured(plan: Plan, report: PruneReport) -> None:
     result = prune_unstructured(plan)
-    report.masks = {f"{name}.weight": mask for name, mask in result.masks.items()}
+    report.masks = param_masks(result.masks, plan.experts)  # experts: one mask per 3-D parameter
     report.errors = result.errors
+    report.notes = list(result.notes)
     report.block_sparsity = result.block_sparsity
 
 

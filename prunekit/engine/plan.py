@@ -11,6 +11,7 @@ from ..graph import DependencyGraph, Group
 from ..methods.scorers import Scorer
 from ..spec import PruneSpec
 from .calibration import BlockStream
+from .experts import ExpertsSplit
 
 
 @dataclass
@@ -25,8 +26,10 @@ class Plan:
     calibration: torch.Tensor | dict[str, torch.Tensor] | None
     blocks: list[torch.nn.Module]
     layer_names: list[str]
-    #: unstructured and N:M: module name -> module whose weight is pruned
+    #: unstructured and N:M: module name -> module whose weight is pruned (per-expert Linears included)
     targeted: dict[str, torch.nn.Module] = field(default_factory=dict)
+    #: unstructured and N:M: the experts modules whose per-expert Linears are targeted (split while pruning)
+    experts: list[ExpertsSplit] = field(default_factory=list)
     #: structured: the traced graph and the groups to prune
     graph: DependencyGraph | None = None
     groups: list[Group] = field(default_factory=list)
@@ -34,6 +37,11 @@ class Plan:
     seconds: float = 0.0
     #: where blocks live between uses (None: all in memory)
     stream: BlockStream | None = None
+
+    @property
+    def expert_targets(self) -> set[str]:
+        """The targeted per-expert matrices' names (see :mod:`.experts`)."""
+        return {n for s in self.experts for n in s.targets() if n in self.targeted}
 
     @property
     def taps(self) -> dict:

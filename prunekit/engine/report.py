@@ -33,7 +33,8 @@ class PruneReport:
     sparsity: float
     rows: list[LayerRow]
     seconds: float = 0.0
-    #: weight name -> bool mask (True = pruned) for unstructured and N:M
+    #: parameter name -> bool mask (True = pruned) for unstructured and N:M; MoE experts: one
+    #: ``[experts, ...]`` mask per 3-D parameter, in its own orientation (see :mod:`.experts`)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     #: group name -> sorted removed unit indices for structured pruning
     removed: dict[str, list[int]] = field(default_factory=dict)

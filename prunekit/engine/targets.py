@@ -2,6 +2,8 @@
 
 Patterns are matched against module names (weights) or group names and roles (groups): a plain string
 matches a full name or a dotted suffix (``"mlp.down_proj"``), ``"re:<regex>"`` is searched in the name.
+Mixture-of-experts matrices are targets per expert (``mlp.experts.3.down_proj``); a pattern may also name
+the 3-D parameter they come from (``mlp.experts.down_proj``: that projection of every expert).
 A pattern that matches nothing is an error: a typo must not silently prune everything else.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ..graph.groups import Group
+from .experts import ExpertsSplit, UnknownExperts, find_experts
 
 PRUNABLE_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Embedding)
 
@@ -52,26 +55,47 @@ def _filter(names: Sequence[str], patterns: list[str], what: str, keys=None) -> 
 
 
 def weight_targets(
-    model: torch.nn.Module, layers: Sequence[torch.nn.Module], targets=None, ignore=None
+    model: torch.nn.Module,
+    layers: Sequence[torch.nn.Module],
+    targets=None,
+    ignore=None,
+    experts: Sequence[ExpertsSplit | UnknownExperts] | None = None,
 ) -> dict:
-    """Module name -> module whose ``weight`` is pruned. Default: every Linear inside the blocks."""
+    """Module name -> module whose ``weight`` is pruned. Default: every Linear inside the blocks and
+    every expert's matrices (per-expert Linears, see :mod:`.experts`; ``experts`` is
+    :func:`~.experts.find_experts`'s answer when the caller already has it).
+
+    Raises:
+        ValueError: a pattern matches nothing, nothing is left, or a chosen experts module has a layout
+            that cannot be split per expert (before anything is written).
+    """
     targets, ignore = _as_list(targets, "targets"), _as_list(ignore, "ignore")
+    found = {e.name: e for e in (find_experts(model) if experts is None else experts)}
     layer_ids = {id(m) for m in layers}
-    candidates: dict[str, torch.nn.Module] = {}
-    in_layer: set[str] = set()
+    candidates: dict[str, torch.nn.Module | UnknownExperts] = {}
+    keys: dict[str, tuple[str, ...]] = {}
     layer_prefixes = [name for name, mod in model.named_modules() if id(mod) in layer_ids]
     for name, mod in model.named_modules():
         if isinstance(mod, PRUNABLE_MODULES) and getattr(mod, "weight", None) is not None:
-            candidates[name] = mod
-            if any(name.startswith(p + ".") for p in layer_prefixes):
-                in_layer.add(name)
+            candidates[name], keys[name] = mod, (name,)
+        entry = found.get(name)
+        if isinstance(entry, ExpertsSplit):
+            for slot, (lin, param) in entry.targets().items():
+                candidates[slot], keys[slot] = lin, (slot, param)
+        elif entry is not None:  # unknown layout: its parameters stand in, so patterns can leave it out
+            for param in entry.params:
+                candidates[param], keys[param] = entry, (param,)
     names = list(candidates)
     if targets is None:
-        chosen = {n for n in in_layer if isinstance(candidates[n], torch.nn.Linear)}
+        in_layer = {n for n in names if any(n.startswith(p + ".") for p in layer_prefixes)}
+        chosen = {n for n in in_layer if isinstance(candidates[n], (torch.nn.Linear, UnknownExperts))}
     else:
-        chosen = _filter(names, targets, "targets")
+        chosen = _filter(names, targets, "targets", keys)
     if ignore:
-        chosen -= _filter(names, ignore, "ignore")
+        chosen -= _filter(names, ignore, "ignore", keys)
+    for n in names:
+        if n in chosen and isinstance(candidates[n], UnknownExperts):
+            raise candidates[n].error()
     out, seen = {}, set()
     for n in names:  # model order; tied weights once
         if n in chosen and id(candidates[n].weight) not in seen:
@@ -80,6 +104,22 @@ def weight_targets(
     if not out:
         raise ValueError("no weights left to prune after applying targets/ignore")
     return out
+
+
+def weight_candidates(model: torch.nn.Module) -> list[str]:
+    """Every name a weight pattern can match: prunable modules, per-expert matrices and 3-D expert
+    parameters (recognised or not), so a pattern that names experts is not refused as matching nothing."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, PRUNABLE_MODULES) and getattr(m, "weight", None) is not None
+    ]
+    for entry in find_experts(model):
+        if isinstance(entry, ExpertsSplit):
+            names += [k for slot, (_lin, param) in entry.targets().items() for k in (slot, param)]
+        else:
+            names += list(entry.params)
+    return names
 
 
 def group_targets(

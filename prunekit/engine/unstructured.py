@@ -7,12 +7,18 @@ front. Which is which the scorer's declared statistics say (their scope); this m
 them by name. Allocation decides each block's sparsity (uniform, or OWL from a dense pass that scores
 every block with the registered scorer OWL names).
 
+Mixture-of-experts matrices are pruned per expert through the per-expert Linears of
+:mod:`.experts`, attached for the whole run so that every statistic (block-wise or full-model) is the
+expert's own. An expert that no calibration token reaches has no activation statistics: it is pruned by
+magnitude, and the report's notes say so.
+
 Every weight that changes is backed up first, so an error half-way (NaN activations, a failing
 Cholesky) restores the model exactly before it propagates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +30,7 @@ from ..methods.select import Selection
 from ..methods.statistics import ModuleStats, Scope, of_scope
 from ..spec import OWLAllocation, SemiStructured
 from .calibration import BlockStream, run_blockwise
+from .experts import split_experts
 from .gradients import model_statistics
 from .plan import Plan
 
@@ -35,6 +42,8 @@ class UnstructuredResult:
     errors: dict[str, float] = field(default_factory=dict)
     #: block index -> sparsity used (OWL makes them differ)
     block_sparsity: dict[int, float] = field(default_factory=dict)
+    #: what the user should know: experts that no calibration token reached
+    notes: list[str] = field(default_factory=list)
 
 
 def as_matrix(module: torch.nn.Module) -> torch.Tensor:
@@ -82,7 +91,8 @@ def prune_unstructured(plan: Plan) -> UnstructuredResult:
     result = UnstructuredResult()
     backup = _Backup()
     try:
-        _prune_blocks(plan, per_block, needs, result, backup)
+        with split_experts(plan.experts):
+            _prune_blocks(plan, per_block, needs, result, backup)
     except BaseException:
         backup.restore()
         raise
@@ -106,11 +116,12 @@ def _prune_blocks(plan: Plan, per_block: dict, needs, result: UnstructuredResult
     per_param = model_statistics(model, calibration, weights, plan.scorer.requires, progress)
     result.block_sparsity = _allocation(plan, per_block["inside"])
     keep = backup if plan.stream is None else None
-    pruner = _MatrixPruner(plan.scorer, per_param, result, keep, stream)
+    experts = plan.expert_targets
+    pruner = _MatrixPruner(plan.scorer, per_param, result, keep, stream, experts if needs else ())
 
     def prune_block(index: int, stats: dict[str, ModuleStats]) -> None:
         selection = Selection(result.block_sparsity.get(index, spec.sparsity), pattern, per_row)
-        pruner.prune(per_block["inside"][index], stats, selection)
+        pruner.prune(per_block["inside"][index], per_sequence(stats, experts, calibration), selection)
 
     if needs:
         run_blockwise(
@@ -135,17 +146,49 @@ def _allocation(plan: Plan, inside: list[dict[str, torch.nn.Module]]) -> dict[in
         return {i: spec.sparsity for i in range(len(plan.blocks))}
     return owl_allocation(
         plan.model, plan.blocks, inside, plan.calibration, spec.sparsity, OWL(alloc.lam, alloc.m),
-        spec.calibration.batch_size, spec.progress, plan.taps,
+        spec.calibration.batch_size, spec.progress, plan.taps, plan.expert_targets,
     )  # fmt: skip
+
+
+def per_sequence(
+    stats: dict[str, ModuleStats], experts: Collection[str], calibration: torch.Tensor | None
+) -> dict[str, ModuleStats]:
+    """``stats`` with each expert's sequence count restated as the calibration's.
+
+    An expert's inputs arrive flattened (``[routed tokens, features]``), so the collector counts every
+    token as a sequence; per-sequence averages (Wanda's and GBLM's ||X||) must divide by the calibration
+    sequences, as every other layer's do: tokens routed elsewhere add zero input to this expert."""
+    if not experts or not isinstance(calibration, torch.Tensor):
+        return stats
+    n = int(calibration.shape[0])
+    return {
+        name: ModuleStats(st.values, st.n_tokens, n) if name in experts else st for name, st in stats.items()
+    }
 
 
 class _MatrixPruner:
     """Prunes modules with their statistics (and the full-model statistics of their weights), records
-    masks and layer errors, and backs up every weight it changes (when ``backup`` is given: in memory)."""
+    masks and layer errors, and backs up every weight it changes (when ``backup`` is given: in memory).
 
-    def __init__(self, scorer: Scorer, per_param: dict, result: UnstructuredResult, backup, stream) -> None:
+    ``unseen_by_magnitude`` names the modules (experts) that may see no calibration token: those that
+    saw none are pruned by magnitude, with a note, instead of failing for want of statistics."""
+
+    def __init__(
+        self, scorer: Scorer, per_param: dict, result: UnstructuredResult, backup, stream,
+        unseen_by_magnitude: Collection[str] = (),
+    ) -> None:  # fmt: skip
         self.scorer, self.per_param, self.result = scorer, per_param, result
         self.backup, self.stream = backup, stream
+        self.unseen = unseen_by_magnitude
+
+    def _scorer(self, name: str, st: ModuleStats) -> Scorer:
+        if name not in self.unseen or st.n_tokens:
+            return self.scorer
+        self.result.notes.append(
+            f"{name}: no calibration token was routed to this expert; pruned by magnitude, not "
+            f"{self.scorer.name}"
+        )
+        return get_scorer("magnitude")
 
     def prune(self, mods: dict[str, torch.nn.Module], stats: dict[str, ModuleStats], selection) -> None:
         keep_mask = self.stream.keep_mask if self.backup is None else self.result.masks.__setitem__
@@ -154,8 +197,9 @@ class _MatrixPruner:
             if name in self.per_param:
                 st = st.with_params("weight", self.per_param[name])
             matrix = as_matrix(mod).detach()
-            new, mask = self.scorer.prune_matrix(matrix, st, selection)
-            error = self.scorer.layer_error(matrix, new, st)
+            scorer = self._scorer(name, st)
+            new, mask = scorer.prune_matrix(matrix, st, selection)
+            error = scorer.layer_error(matrix, new, st)
             if error is not None:
                 self.result.errors[name] = error
             if self.backup is not None:
@@ -186,10 +230,14 @@ def owl_allocation(
     batch_size: int = 8,
     progress: bool = False,
     taps: dict | None = None,
+    experts: Collection[str] = (),
 ) -> dict[int, float]:
     """Block index -> sparsity from OWL's dense pass: each block's targeted weights (``inside[i]``) are
     scored by the registered scorer ``owl.scorer`` on the statistics it and OWL declare, and OWL turns
-    the blocks' outlier ratios and sizes into sparsities whose weighted mean is ``sparsity``."""
+    the blocks' outlier ratios and sizes into sparsities whose weighted mean is ``sparsity``.
+
+    ``experts`` names per-expert matrices: their statistics count sequences as every layer's do
+    (:func:`per_sequence`), and an expert no token reached has no outliers to count (its size counts)."""
     scorer = get_scorer(owl.scorer, **owl.scorer_options)
     needs = owl.requires | scorer.requires
     if of_scope(needs, Scope.MODEL):
@@ -197,9 +245,11 @@ def owl_allocation(
     ratios: dict[int, float] = {}
 
     def measure(index: int, _block, stats: dict[str, ModuleStats]) -> None:
+        stats = per_sequence(stats, experts, calibration)
         scores = [
             scorer.weight_scores(as_matrix(mod).detach(), matrix_stats(mod, stats[name]))
             for name, mod in inside[index].items()
+            if name not in experts or stats[name].n_tokens
         ]
         ratios[index] = owl.outliers(scores)
 

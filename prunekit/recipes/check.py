@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..api import trace
-from ..engine.targets import PRUNABLE_MODULES, group_targets, matches, weight_targets
+from ..engine.targets import group_targets, matches, weight_candidates, weight_targets
 from ..families import get_adapter
 from ..methods.budgets import logistic_ratios
 from ..methods.select import NM, parse_structure
@@ -28,11 +28,7 @@ def check_recipe(model: torch.nn.Module, recipe: Recipe) -> None:
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     block_names = [n for n, m in model.named_modules() if id(m) in {id(b) for b in blocks}]
-    weights = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, PRUNABLE_MODULES) and getattr(m, "weight", None) is not None
-    ]
+    weights = weight_candidates(model)  # experts' per-expert and 3-D parameter names too
     graph = None
     #: module -> [(rows shrink by multiples of this, round_to can fix it, stage)] of earlier structured stages
     shrinks: dict[str, list[tuple[int, int, Stage]]] = {}
