@@ -404,12 +404,6 @@ def test_saved_experts_and_their_masks_round_trip(tmp_path):
         assert bool((params[name][mask] == 0).all()), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prunekit.io: save_pretrained lets transformers write MoE experts in the legacy per-expert "
-    "checkpoint layout (save_original_format=True), which from_pretrained's strict loader does not convert "
-    "back; fix in prunekit/io (owned elsewhere), then drop this marker",
-)
 def test_prunekit_from_pretrained_restores_a_pruned_mixtral_exactly(tmp_path):
     model = make_moe()
     report = prunekit.prune(model, method="magnitude", sparsity=0.5)

@@ -15,7 +15,7 @@ from .surgery import member_positions
 
 def consumers(group: Group) -> list:
     """Members on the consuming side: input columns of the layers that read the group's channels."""
-    return [m for m in group.members if m.side == "in" and m.dim == 1 and m.attr == "weight"]
+    return [m for m in group.members if m.consumes]
 
 
 def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
@@ -29,7 +29,7 @@ def compensation(model, plan_decision, stats) -> dict[str, torch.Tensor]:
             pos = member_positions(m, group, units)
             if pos.numel() == 0:
                 continue
-            delta = mean_bias.bias_delta(model.get_parameter(m.param), stats[m.module], pos)
+            delta = mean_bias.bias_delta(m.as_consumer(model.get_parameter(m.param)), stats[m.module], pos)
             deltas[m.module] = deltas.get(m.module, 0) + delta
     return deltas
 
@@ -39,20 +39,22 @@ def refits(model, plan_decision, stats) -> tuple[dict[str, torch.Tensor], dict[s
     name (removed columns zeroed) and the bias deltas that take each bias to its refitted value."""
     solver = COMPENSATIONS["refit"]
     removed: dict[str, list[torch.Tensor]] = {}
-    params: dict[str, str] = {}
+    members = {}
     for group, units in plan_decision:
         for m in consumers(group):
             if solver.applies(stats.get(m.module)):
                 removed.setdefault(m.module, []).append(member_positions(m, group, units))
-                params[m.module] = m.param
+                members[m.module] = m
     weights, deltas = {}, {}
     for module, positions in removed.items():
         cut = torch.cat(positions)
         if cut.numel() == 0:
             continue
-        layer = model.get_submodule(module)
-        new_w, new_b = solver.solve(layer.weight, getattr(layer, "bias", None), stats[module], cut)
-        weights[params[module]] = new_w.to(layer.weight.dtype)
+        layer, m = model.get_submodule(module), members[module]
+        new_w, new_b = solver.solve(
+            m.as_consumer(layer.weight), getattr(layer, "bias", None), stats[module], cut
+        )
+        weights[m.param] = m.as_consumer(new_w.to(layer.weight.dtype))
         old_b = getattr(layer, "bias", None)
         deltas[module] = new_b - (0 if old_b is None else old_b.detach().double())
     return weights, deltas
@@ -72,7 +74,7 @@ def add_biases(model, deltas: dict[str, torch.Tensor]) -> list[str]:
         mod = model.get_submodule(name)
         if getattr(mod, "bias", None) is None:
             mod.bias = torch.nn.Parameter(
-                torch.zeros(mod.weight.shape[0], dtype=mod.weight.dtype, device=mod.weight.device)
+                torch.zeros_like(delta, dtype=mod.weight.dtype, device=mod.weight.device)
             )
             created.append(name)
         mod.bias.add_(delta.to(mod.bias.dtype).to(mod.bias.device))

@@ -13,11 +13,13 @@ import re
 from collections.abc import Sequence
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
+from ..families.parts.base import is_conv1d
 from ..graph.groups import Group
 from .experts import ExpertsSplit, UnknownExperts, find_experts
 
-PRUNABLE_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Embedding)
+PRUNABLE_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Embedding, Conv1D)
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -88,7 +90,11 @@ def weight_targets(
     names = list(candidates)
     if targets is None:
         in_layer = {n for n in names if any(n.startswith(p + ".") for p in layer_prefixes)}
-        chosen = {n for n in in_layer if isinstance(candidates[n], (torch.nn.Linear, UnknownExperts))}
+        chosen = {
+            n
+            for n in in_layer
+            if isinstance(candidates[n], (torch.nn.Linear, UnknownExperts)) or is_conv1d(candidates[n])
+        }
     else:
         chosen = _filter(names, targets, "targets", keys)
     if ignore:

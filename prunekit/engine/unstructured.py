@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..families.parts.base import is_conv1d
 from ..methods.allocation import OWL
 from ..methods.scorers import Scorer, get_scorer
 from ..methods.select import Selection
@@ -47,9 +48,15 @@ class UnstructuredResult:
 
 
 def as_matrix(module: torch.nn.Module) -> torch.Tensor:
-    """The weight as 2-D [outputs, inputs-per-output] (a depthwise Conv1d's taps are its columns)."""
+    """The weight as 2-D [outputs, inputs-per-output] (a depthwise Conv1d's taps are its columns,
+    transformers' ``Conv1D`` stores its weight ``[in, out]``: transposed back)."""
     w = module.weight
-    return w.reshape(w.shape[0], -1)
+    return w.t() if is_conv1d(module) else w.reshape(w.shape[0], -1)
+
+
+def as_weight(module: torch.nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """A matrix in :func:`as_matrix`'s layout, in the weight's own."""
+    return matrix.t() if is_conv1d(module) else matrix.reshape(module.weight.shape)
 
 
 def matrix_stats(module: torch.nn.Module, stats: ModuleStats | None) -> ModuleStats:
@@ -205,8 +212,8 @@ class _MatrixPruner:
             if self.backup is not None:
                 self.backup.keep(mod.weight)
             with torch.no_grad():
-                mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))
-            keep_mask(name, mask.reshape(mod.weight.shape))
+                mod.weight.copy_(as_weight(mod, new).to(mod.weight.dtype))
+            keep_mask(name, as_weight(mod, mask))
 
 
 def _by_block(model, blocks, targeted) -> dict:

@@ -16,21 +16,45 @@ def family(name: str, model_types: tuple[str, ...], *parts: Part, **facts: objec
     return register_adapter(type(f"{name.title().replace('_', '')}Adapter", (Adapter,), attrs))
 
 
+# q/k/v/o_proj attention and a gated gate/up/down_proj MLP, as Llama (without Llama's uneven-KV path:
+# their eager attention is not Llama's)
 family(
     "llama_like",
-    ("apertus", "arcee", "cohere", "cohere2", "cwm", "ernie4_5", "exaone4", "gemma", "gemma2", "gemma3_text",
-     "glm", "glm4", "granite_swa", "helium", "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder",
-     "jais2", "ministral", "ministral3", "nemotron", "olmo", "olmo3", "seed_oss", "starcoder2", "vaultgemma",
-     "exaone", "apertus1p5_text", "beam", "bitnet", "dory", "flint", "nanochat", "persimmon", "stablelm",
-     "diffllama", "doge", "lfm2", "minicpm3", "modernbert-decoder", "moshi"),
+    ("cohere", "cohere2", "cwm", "ernie4_5", "exaone4", "gemma", "gemma2", "gemma3_text", "granite_swa",
+     "helium", "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder", "ministral", "ministral3",
+     "olmo", "olmo3", "seed_oss", "vaultgemma", "stablelm", "doge", "bitnet"),
     Attention(),
     MLP(),
 )  # fmt: skip
-family("opt_like", ("opt", "biogpt", "xglm", "trocr"), Attention(o="out_proj"), MLP(paths=("",), up=("fc1",), down="fc2"))
+family("up_down", ("arcee", "jais2", "nemotron"), Attention(), MLP(up=("up_proj",)))
+family("fc", ("nanochat",), Attention(), MLP(up=("fc1",), down="fc2"))
+family("starcoder2", ("starcoder2",), Attention(), MLP(up=("c_fc",), down="c_proj"))
+family("glm", ("glm", "glm4"), Attention(), MLP(up=("gate_up_proj",), up_factor=2))
 family("phi", ("phi",), Attention(o="dense"), MLP(up=("fc1",), down="fc2"))
 family("phi3", ("phi3",), Attention(qkv="qkv_proj"), MLP(up=("gate_up_proj",), up_factor=2))
-family("gpt2", ("gpt2", "gpt-sw3", "openai-gpt"), Attention(qkv="c_attn", o="c_proj", width_attrs=("split_size",)), MLP(up=("c_fc",), down="c_proj"))
-family("gpt_neox", ("gpt_neox", "gpt_neox_japanese"), Attention(qkv="query_key_value", o="dense"), MLP(up=("dense_h_to_4h",), down="dense_4h_to_h"))
-family("gpt_bigcode", ("gpt_bigcode",), Attention(qkv="c_attn", o="c_proj"), MLP(up=("c_fc",), down="c_proj"))
-family("mpt", ("mpt",), Attention(qkv="Wqkv", o="out_proj"), MLP(paths=("ffn",), up=("up_proj",), down="down_proj"))
-family("bloom", ("bloom",), Attention(qkv="query_key_value", o="dense"), MLP(up=("dense_h_to_4h",), down="dense_4h_to_h"))
+# families whose config validates hidden_size % num_attention_heads: head counts cannot be config fields
+NO_HEAD_FIELDS: dict = {}
+family(
+    "opt",
+    ("opt", "biogpt"),
+    Attention(o="out_proj", config_fields=NO_HEAD_FIELDS),
+    MLP(paths=("",), up=("fc1",), down="fc2", config_fields={"intermediate_size": "ffn_dim"}),
+)
+family(
+    "gpt2",
+    ("gpt2", "gpt-sw3", "openai-gpt"),
+    Attention(qkv="c_attn", o="c_proj", width_attrs=("split_size",), config_fields=NO_HEAD_FIELDS),
+    MLP(up=("c_fc",), down="c_proj", config_fields={"intermediate_size": "n_inner"}),
+)
+family(
+    "gpt_neox",
+    ("gpt_neox", "persimmon"),
+    Attention(qkv="query_key_value", o="dense", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("dense_h_to_4h",), down="dense_4h_to_h"),
+)
+family(
+    "gpt_bigcode",
+    ("gpt_bigcode",),
+    Attention(qkv="c_attn", o="c_proj", width_attrs=("embed_dim",), config_fields=NO_HEAD_FIELDS),
+    MLP(up=("c_fc",), down="c_proj", config_fields={"intermediate_size": "n_inner"}),
+)

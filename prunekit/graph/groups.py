@@ -33,6 +33,16 @@ class Member:
     def attr(self) -> str:
         return self.param.rsplit(".", 1)[1]
 
+    @property
+    def consumes(self) -> bool:
+        """Whether this member is a consuming layer's inputs: a Linear's columns, or the rows of a weight
+        stored ``[in, out]`` (transformers' ``Conv1D``, applied as ``x @ W``)."""
+        return self.side == "in" and self.attr == "weight" and self.dim in (0, 1)
+
+    def as_consumer(self, weight: torch.Tensor) -> torch.Tensor:
+        """A consuming weight as ``[out, in]``, whichever way it is stored (a view)."""
+        return weight.t() if self.dim == 0 else weight
+
     def describe(self, prefix: str) -> str:
         mod = self.module
         rel = mod[len(prefix) + 1 :] if prefix and mod.startswith(prefix + ".") else _short(mod)

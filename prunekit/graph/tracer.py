@@ -174,6 +174,9 @@ _PRODUCER_DIM = {
     "aten.embedding": (0, {1: "out"}),
     "aten.conv1d": (1, {0: "out", 1: "in"}),
     "aten.convolution": (1, {0: "out", 1: "in"}),
+    # x @ W with W stored [in, out] (transformers' Conv1D)
+    "aten.addmm": (2, {0: "in", 1: "out"}),
+    "aten.mm": (1, {0: "in", 1: "out"}),
 }
 
 

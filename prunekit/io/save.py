@@ -96,7 +96,9 @@ def save_pretrained(
     state = model.state_dict()
     state.update(zero_biases)
     with _config_as_saved(model.config, {**top_level, **flags, SECTION: section}):
-        model.save_pretrained(out, state_dict=state)
+        # the names the model has (transformers would otherwise rewrite MoE experts to a legacy per-expert
+        # layout, which only its own loader converts back)
+        model.save_pretrained(out, state_dict=state, save_original_format=False)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     _write_side_files(out, model, reports, all_masks)

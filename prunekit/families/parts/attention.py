@@ -30,7 +30,7 @@ class Attention(Part):
         "num_key_value_heads": "num_key_value_heads",
     }
     own_fields = ("kv_group_sizes",)
-    heads_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads")
+    heads_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads", "n_head")
     kv_heads_attrs: tuple[str, ...] = ("num_key_value_heads", "num_kv_heads")
     width_attrs: tuple[str, ...] = ()
     #: whether the family's attention runs uneven KV groups through :mod:`..kv_index` (its eager path is

@@ -37,13 +37,15 @@ def consumer_unit_scores(
     count = torch.zeros(group.num_units, dtype=torch.float64)
     used = 0
     for m in group.members:
-        if m.side != "in" or m.dim != 1 or m.attr != "weight":
+        if not m.consumes:
             continue
         st = stats.get(m.module)
         if st is None and require_stats:
             continue
         st = st or ModuleStats()
-        column = metric(weights[m.param].detach().float(), st).double().cpu()  # small: one per column
+        column = (
+            metric(m.as_consumer(weights[m.param]).detach().float(), st).double().cpu()
+        )  # small: one per column
         values = column[m.positions]
         if standardize:
             values = zscore(values)
