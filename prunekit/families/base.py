@@ -16,7 +16,7 @@ import torch
 
 from ..graph.groups import Group
 from . import kv_index
-from .blocks import UnsupportedFamilyError, family_name, find_blocks
+from .blocks import UnsupportedFamilyError, family_name, find_blocks, missing_parts
 from .components import ALL, Component
 from .parts import Part
 from .parts.attention import is_uneven_sizes
@@ -132,10 +132,7 @@ class Adapter:
     def check_structured(self, model: torch.nn.Module) -> None:
         """Raise :class:`UnsupportedFamilyError` unless structured pruning can run on this family."""
         if self.structured_refusal or not self.parts:
-            why = self.structured_refusal or (
-                "it has no prunekit family adapter (unstructured and N:M pruning work; see "
-                "docs/adapters.md for the supported families and how to add one)"
-            )
+            why = self.structured_refusal or missing_parts(getattr(model, "config", None))
             raise UnsupportedFamilyError(f"structured pruning of {family_name(model)}: {why}")
         for block_name, found in self.block_parts(model):
             if not found:
@@ -266,6 +263,8 @@ class Adapter:
                 continue
             if any(r != records[0] for r in records) or any(is_uneven_sizes(r) for r in records):
                 return None
+            if set(records[0]) - set(part.own_fields) - set(part.config_fields):
+                return None  # a size the config cannot state: only prunekit's loader rebuilds it
             fields.update(
                 {attr: records[0][key] for key, attr in part.config_fields.items() if key in records[0]}
             )

@@ -16,6 +16,26 @@ class UnsupportedFamilyError(ValueError):
     missing). Raised before anything is changed."""
 
 
+#: config fields that say a family routes tokens to experts, or mixes state-space layers in
+MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+SSM_FIELDS = ("mamba_d_state", "mamba_n_heads", "ssm_state_size", "mamba_expand", "linear_num_value_heads")
+
+
+def missing_parts(config) -> str:
+    """What an adapter for this family would need, from its config: the refusal's explanation."""
+    text = getattr(config, "get_text_config", lambda: config)()
+    needs = []
+    if any(isinstance(getattr(text, f, None), int) and getattr(text, f) > 1 for f in MOE_FIELDS):
+        needs.append("mixture-of-experts layers (structured pruning of experts is not implemented yet)")
+    if any(getattr(text, f, None) for f in SSM_FIELDS):
+        needs.append("state-space or linear-attention mixers of a kind no part describes yet")
+    what = "; it has " + " and ".join(needs) if needs else ""
+    return (
+        f"it has no prunekit family adapter{what}. Unstructured and N:M pruning still work (every linear "
+        "layer and expert matrix); docs/adapters.md lists the supported families and how to add one"
+    )
+
+
 def family_name(model: torch.nn.Module) -> str:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)

@@ -7,7 +7,7 @@ docs' family table (docs/adapters.md) is generated from this registry.
 from __future__ import annotations
 
 from .base import Adapter, register_adapter
-from .parts import MLP, Attention, Part
+from .parts import MLP, Attention, Mamba2Mixer, Part
 
 
 def family(name: str, model_types: tuple[str, ...], *parts: Part, **facts: object) -> type[Adapter]:
@@ -57,4 +57,13 @@ family(
     ("gpt_bigcode",),
     Attention(qkv="c_attn", o="c_proj", width_attrs=("embed_dim",), config_fields=NO_HEAD_FIELDS),
     MLP(up=("c_fc",), down="c_proj", config_fields={"intermediate_size": "n_inner"}),
+)
+
+# hybrids: attention blocks and Mamba-2 blocks interleaved, each with an MLP
+family(
+    "bamba",
+    ("bamba",),
+    Attention(),
+    Mamba2Mixer(paths=("mamba",), config_fields={}),
+    MLP(paths=("feed_forward",)),
 )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import adapter_for_config
+from .blocks import missing_parts
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,7 @@ def support(config: Any) -> Support:
     model_type = str(getattr(config, "model_type", None) or type(config).__name__)
     adapter = adapter_for_config(config)
     if not adapter.parts:
-        why = f"the {model_type!r} family has no prunekit adapter: structured pruning is refused"
-        return Support(model_type, None, why)
+        return Support(model_type, None, f"the {model_type!r} family: {missing_parts(config)}")
     if adapter.structured_refusal:
         return Support(model_type, adapter.name, f"the {model_type!r} family: {adapter.structured_refusal}")
     return Support(model_type, adapter.name, None)

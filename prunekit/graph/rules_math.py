@@ -174,7 +174,7 @@ def _softmax(ctx: OpContext):
 def _scan(ctx: OpContext):
     labels = list(ctx.labels_of(ctx.arg(0)))
     rank = len(labels)
-    dim = ctx.kwarg("dim", 1, -1)
+    dim = ctx.kwarg("dim", 2 if "topk" in str(ctx.node.target) else 1, -1)  # topk(input, k, dim)
     if isinstance(dim, int):
         d = norm_dim(dim, rank)
         if is_labeled(labels[d]):
