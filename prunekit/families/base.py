@@ -10,6 +10,7 @@ the parts whose modules it has, so a hybrid is a family with more parts. It neve
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -191,8 +192,12 @@ class Adapter:
     def before_hidden_change(self, model: torch.nn.Module) -> None:
         """Freeze what shapes will not tell after the cut (``head_dim`` derived from the hidden size)."""
         cfg = model.config
-        if self.prunes_residual and hasattr(cfg, "num_attention_heads") and hasattr(cfg, "hidden_size"):
-            cfg.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        if getattr(cfg, "num_attention_heads", None) and getattr(cfg, "hidden_size", None):
+            # a head_dim derived as hidden_size // num_attention_heads would change with either count
+            with contextlib.suppress(AttributeError):  # some configs derive it in a read-only property
+                cfg.head_dim = int(
+                    getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                )
         for part, _name, module in self._all_found(model):
             part.before_hidden_change(module, model)
 
