@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from family_configs import build, tiny_config
+from family_configs import build, tiny_config, vocab_size
 from family_support import default_roles
 
 import prunekit
@@ -135,7 +135,7 @@ class FamilyConformance:
 
     def ids(self, n: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return torch.randint(3, int(self.dense_config().vocab_size), (n, length), generator=gen)
+        return torch.randint(3, vocab_size(self.dense_config()), (n, length), generator=gen)
 
     def structured(self) -> tuple[torch.nn.Module, dict[str, tuple[int, ...]]]:
         """The dense model after ``wanda-sp`` at 30 % (and the parameter shapes before it)."""

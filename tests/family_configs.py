@@ -71,7 +71,7 @@ PLAIN = (
     "cwm", "deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "diffllama", "doge", "dory",
     "dots1", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4", "exaone_moe", "falcon", "falcon_h1",
     "falcon_mamba", "flex_olmo", "flint", "gemma", "gemma2", "gemma3_text", "gemma4_text",
-    "gemma4_unified_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "gpt-sw3", "gpt2",
+    "gemma4_unified_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "gpt2",
     "gpt_bigcode", "gpt_neo", "gpt_neox", "gpt_neox_japanese", "gpt_oss", "gptj", "granite",
     "granite_swa", "granitemoe", "granitemoe_swa", "granitemoeshared", "helium", "hrm_text",
     "hunyuan_v1_dense", "hunyuan_v1_moe", "hy_v3", "hy_v4", "hyperclovax", "inkling2_loop_text",
@@ -211,6 +211,7 @@ EXCLUDED: dict[str, str] = {
     "xlm": "XLM is a bidirectional masked LM unless causal=True (a BERT-style encoder by default)",
     "xlnet": "XLNet is a permutation LM with bidirectional attention (attn_type='bi'), not a causal decoder",
     "trocr": "the text decoder of TrOCR's image-to-text encoder-decoder: it cross-attends to image states",
+    "gpt-sw3": "an alias: transformers builds it from GPT2Config (model_type 'gpt2'), tested as gpt2",
     "cpmant": "a prefix LM: CPM-Ant's forward lets every input token attend to all the others",
     "mllama": "a text decoder interleaved with cross-attention blocks that only run on image features",
     "git": "image-to-text: GitForCausalLM holds a CLIP vision encoder in front of its text decoder",
@@ -310,6 +311,11 @@ def tiny_config(model_type: str):
     return CONFIG_MAPPING[model_type](**{**generic_kwargs(model_type), **FAMILIES[model_type]})
 
 
+def vocab_size(config) -> int:
+    """The token vocabulary of a (possibly composite) config."""
+    return int(config.get_text_config().vocab_size)
+
+
 def build(model_type: str, seed: int = 0, config=None) -> torch.nn.Module:
     """A randomly initialised tiny model of ``model_type`` (fp32, eval mode)."""
     from transformers import AutoModelForCausalLM
@@ -350,7 +356,7 @@ def _bidirectional(model_type: str) -> bool:
     model = build(model_type, config=config)
     if model_type == "xmod":
         model.set_default_language("en_XX")
-    return attends_ahead(model, config.vocab_size)
+    return attends_ahead(model, vocab_size(config))
 
 
 def _forward_takes(model_type: str, name: str) -> bool:
@@ -381,6 +387,7 @@ EXCLUSION_CHECKS: dict[str, Callable[[str], bool]] = {
     **{t: _bidirectional for t, why in EXCLUDED.items() if why == _BERT},
     "xlm": lambda t: _default(t).causal is False and _bidirectional(t),
     "xlnet": lambda t: _default(t).attn_type == "bi",
+    "gpt-sw3": lambda t: _default(t).model_type == "gpt2" and "gpt2" in FAMILIES,
     "cpmant": lambda t: attends_ahead(build(t, config=_default(t).__class__(**generic_kwargs(t))), 128),
     "trocr": lambda t: _forward_takes(t, "encoder_hidden_states"),
     "mllama": lambda t: (
