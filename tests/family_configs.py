@@ -3,8 +3,8 @@
 transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` is the list of families a user can hand to
 :func:`prunekit.prune`. Each of its model types is classified here exactly once:
 
-- :data:`FAMILIES` (type -> config overrides): a decoder-only text family that builds on CPU at about
-  100-600 k parameters. :func:`tiny_config` starts from the config class's defaults, applies
+- :data:`FAMILIES` (type -> config overrides): a decoder-only text family that builds on CPU at 60-550 k
+  parameters. :func:`tiny_config` starts from the config class's defaults, applies
   :data:`GENERIC` (small widths under every name the families use), cuts each per-layer pattern list
   (``layer_types``, ``mlp_layer_types``, ...) down to one block of each kind, so that a hybrid keeps its
   attention, recurrent and MoE blocks, then applies the family's own overrides, which are there only
@@ -93,7 +93,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "bamba": dict(attn_layer_indices=[1]),
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
     "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"]),
-    "recurrent_gemma": dict(block_types=["recurrent", "attention"], lru_width=64),
+    "recurrent_gemma": dict(
+        block_types=["recurrent", "attention"], lru_width=64
+    ),  # LRU width: 2560 by default
     "lfm2": dict(layer_types=["conv", "full_attention"], full_attn_idxs=[1]),
     "lfm2_moe": dict(layer_types=["conv", "full_attention"]),
     # Zamba ties one shared attention block into every hybrid block: it needs two of them to tie
@@ -106,7 +108,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "cohere_compass_text": dict(
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4}}
     ),
-    # the indexed-attention blocks need their indexer sizes (no defaults)
+    # the indexed-attention blocks need their indexer sizes (no defaults); a small hyper-connection rank
     "qwen4_exp_text": dict(
         indexer_n_heads=2,
         indexer_kv_heads=1,
@@ -115,7 +117,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
         indexer_compress_ratio=2,
         hc_lowrank=8,
     ),
-    # DBRX nests its sizes in attn/ffn sub-configs; its attention reads rope_theta and clip_qkv from there
+    # DBRX nests its sizes in attn/ffn sub-configs; its attention reads rope_theta from there (absent by
+    # default) and clamps q/k/v by clip_qkv, which fails when that is None
     "dbrx": dict(
         attn_config=dict(kv_n_heads=2, rope_theta=1e4, clip_qkv=8.0),
         ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2),
@@ -159,6 +162,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         )
     ),
     # byte-level: entropy patcher, local encoder, global transformer and local decoder, each sized apart
+    # (its cached forward fails in transformers 5.24: DynamicCache(config=BltConfig) wants num_hidden_layers)
     "blt": dict(
         encoder_hash_byte_group_vocab=128,
         patcher_config=dict(_SMALL_ATTENTION, num_hidden_layers=1, head_dim=16),
@@ -197,8 +201,25 @@ _MUSIC = "text-to-music encoder-decoder: the decoder predicts audio codebooks fr
 _DRAFTER = "a speculative-decoding drafter: it reads the target model's shared KV states"
 
 
+#: multimodal model types -> the buildable type of the text model their config wraps
+WRAPPERS = {
+    "gemma3": "gemma3_text",
+    "gemma3n": "gemma3n_text",
+    "gemma4": "gemma4_text",
+    "gemma4_unified": "gemma4_unified_text",
+    "llama4": "llama4_text",
+    "qwen3_5": "qwen3_5_text",
+    "qwen3_5_moe": "qwen3_5_moe_text",
+    "qwen4_exp": "qwen4_exp_text",
+    "dots3_note": "dots3_note_text",
+    "got_ocr2": "qwen2",
+    "moss_transcribe_diarize": "qwen3",
+    "fuyu": "persimmon",
+}
+
+
 def _wrapper(text_type: str) -> str:
-    return f"multimodal wrapper (vision/audio towers around a text model); its text model is {text_type}"
+    return f"multimodal: the config wraps a text model (tested as {text_type}) with vision or audio parts"
 
 
 #: the model types that are not decoder-only text families, and why
@@ -218,18 +239,7 @@ EXCLUDED: dict[str, str] = {
     "phi4_multimodal": "Phi4MultimodalForCausalLM holds image and audio encoders inside the language model",
     "gemma4_assistant": _DRAFTER,
     "gemma4_unified_assistant": _DRAFTER,
-    "gemma3": _wrapper("gemma3_text"),
-    "gemma3n": _wrapper("gemma3n_text"),
-    "gemma4": _wrapper("gemma4_text"),
-    "gemma4_unified": _wrapper("gemma4_unified_text"),
-    "llama4": _wrapper("llama4_text"),
-    "qwen3_5": _wrapper("qwen3_5_text"),
-    "qwen3_5_moe": _wrapper("qwen3_5_moe_text"),
-    "qwen4_exp": _wrapper("qwen4_exp_text"),
-    "dots3_note": _wrapper("dots3_note_text"),
-    "got_ocr2": _wrapper("qwen2"),
-    "moss_transcribe_diarize": _wrapper("qwen3"),
-    "fuyu": _wrapper("persimmon"),
+    **{t: _wrapper(text) for t, text in WRAPPERS.items()},
 }
 
 
@@ -347,7 +357,7 @@ _ENCODER_EXTRAS: dict[str, dict[str, Any]] = {
 
 
 def _bidirectional(model_type: str) -> bool:
-    """Built small with its default (non-decoder) settings, the model attends to later tokens."""
+    """Built small with its default settings (not as a decoder), the model attends to later tokens."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     config = CONFIG_MAPPING[model_type](
@@ -379,16 +389,13 @@ def _wraps(text_type: str) -> Callable[[str], bool]:
 
 #: excluded type -> a check of its reason against transformers (True when the reason holds)
 EXCLUSION_CHECKS: dict[str, Callable[[str], bool]] = {
-    **{
-        t: lambda t: _default(t).is_encoder_decoder
-        for t, why in EXCLUDED.items()
-        if "encoder-decoder:" in why and t != "trocr"
-    },
+    **{t: lambda t: _default(t).is_encoder_decoder for t in (*ENCODER_DECODERS, "whisper", "musicgen")},
+    "musicgen_melody": lambda t: _default(t).is_encoder_decoder,
     **{t: _bidirectional for t, why in EXCLUDED.items() if why == _BERT},
     "xlm": lambda t: _default(t).causal is False and _bidirectional(t),
     "xlnet": lambda t: _default(t).attn_type == "bi",
     "gpt-sw3": lambda t: _default(t).model_type == "gpt2" and "gpt2" in FAMILIES,
-    "cpmant": lambda t: attends_ahead(build(t, config=_default(t).__class__(**generic_kwargs(t))), 128),
+    "cpmant": _bidirectional,
     "trocr": lambda t: _forward_takes(t, "encoder_hidden_states"),
     "mllama": lambda t: (
         _forward_takes(t, "cross_attention_states") and bool(_default(t).text_config.cross_attention_layers)
@@ -399,9 +406,5 @@ EXCLUSION_CHECKS: dict[str, Callable[[str], bool]] = {
     ),
     "gemma4_assistant": lambda t: _forward_takes(t, "shared_kv_states"),
     "gemma4_unified_assistant": lambda t: _forward_takes(t, "shared_kv_states"),
-    **{
-        t: _wraps(why.rsplit(" ", 1)[-1])
-        for t, why in EXCLUDED.items()
-        if why.startswith("multimodal wrapper")
-    },
+    **{t: _wraps(text) for t, text in WRAPPERS.items()},
 }
