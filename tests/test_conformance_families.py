@@ -4,7 +4,7 @@ The families come from transformers' causal-LM mapping filtered by ``support(con
 joins as soon as prunekit supports it; llama, mamba and mamba2 must always be among them. A check a
 family is known to fail is listed in :data:`KNOWN_FAILURES` with its reason and runs as a strict xfail.
 Each family takes a few seconds (two traces, one calibrated prune, generation, two save/reload round
-trips): about a minute for the ten families supported today, on one core.
+trips): about 20 s for the ten families supported today, on one core.
 """
 
 from __future__ import annotations
