@@ -20,15 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CORE = ("llama", "mamba", "mamba2")
 
 #: model type -> {test name: why it fails} (see the module docstring)
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "olmo2": {
-        "test_save_and_reload_is_bit_identical[structured]": (
-            "OLMo-2's q_norm/k_norm normalize all heads' channels at once, so removing heads shrinks them, "
-            "but the llama adapter's apply_layer_fields does not resize them: from_pretrained refuses the "
-            "checkpoint (q_norm.weight: the checkpoint holds [48], the config describes [64])"
-        )
-    },
-}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 
 
 def conformance_types() -> list[str]:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..families.blocks import UnsupportedFamilyError, family_name
+
 EXPECTED = (
     "either the routed layout -- 3-D parameters gate_up_proj (gate rows, then up rows) or up_proj, and "
     "down_proj, each [num_experts, out, in] ([num_experts, in, out] with is_transposed=True), optional "
@@ -149,11 +151,13 @@ class UnknownExperts:
     #: the names of its 3-D parameters (``<module>.<attr>``): what targets and ignore match
     params: tuple[str, ...]
     reason: str
+    family: str = ""
 
-    def error(self) -> ValueError:
-        return ValueError(
-            f"{self.name} ({type(self.module).__name__}) holds expert weights {list(self.params)} in a "
-            f"layout prunekit cannot prune per expert: {self.reason}. Expected {EXPECTED}. Leave them "
+    def error(self) -> UnsupportedFamilyError:
+        return UnsupportedFamilyError(
+            f"{self.family}: {self.name} ({type(self.module).__name__}) holds expert weights "
+            f"{list(self.params)} in a layout prunekit cannot prune per expert: {self.reason}. "
+            f"Expected {EXPECTED}. Leave them "
             f"out with ignore={list(self.params)!r}"
         )
 
@@ -172,11 +176,13 @@ def find_experts(model: torch.nn.Module) -> list[ExpertsSplit | UnknownExperts]:
             continue
         layout = _layout(module, own)
         if isinstance(layout, str):
-            found.append(UnknownExperts(name, module, three_d, layout))
+            found.append(UnknownExperts(name, module, three_d, layout, family_name(model)))
             continue
         split = ExpertsSplit(name, module, *layout)
         problem = _mismatch(split)
-        found.append(split if problem is None else UnknownExperts(name, module, three_d, problem))
+        found.append(
+            split if problem is None else UnknownExperts(name, module, three_d, problem, family_name(model))
+        )
     return found
 
 

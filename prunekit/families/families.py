@@ -22,7 +22,7 @@ family(
     "llama_like",
     ("cohere", "cohere2", "cwm", "ernie4_5", "exaone4", "gemma", "gemma2", "gemma3_text", "granite_swa",
      "helium", "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder", "ministral", "ministral3",
-     "olmo", "olmo3", "seed_oss", "vaultgemma", "stablelm", "doge", "bitnet"),
+     "olmo", "olmo3", "seed_oss", "vaultgemma", "stablelm", "doge"),
     Attention(),
     MLP(),
 )  # fmt: skip
@@ -31,7 +31,13 @@ family("fc", ("nanochat",), Attention(), MLP(up=("fc1",), down="fc2"))
 family("starcoder2", ("starcoder2",), Attention(), MLP(up=("c_fc",), down="c_proj"))
 family("glm", ("glm", "glm4"), Attention(), MLP(up=("gate_up_proj",), up_factor=2))
 family("phi", ("phi",), Attention(o="dense"), MLP(up=("fc1",), down="fc2"))
-family("phi3", ("phi3",), Attention(qkv="qkv_proj"), MLP(up=("gate_up_proj",), up_factor=2))
+PHI3_HEADS = "it cuts qkv_proj at config.num_attention_heads * head_dim, one value for every layer"
+family(
+    "phi3",
+    ("phi3",),
+    Attention(qkv="qkv_proj", fixed_heads=PHI3_HEADS, default_roles=()),
+    MLP(up=("gate_up_proj",), up_factor=2),
+)
 # families whose config validates hidden_size % num_attention_heads: head counts cannot be config fields
 NO_HEAD_FIELDS: dict = {}
 family(

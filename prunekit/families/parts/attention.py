@@ -36,6 +36,8 @@ class Attention(Part):
     #: whether the family's attention runs uneven KV groups through :mod:`..kv_index` (its eager path is
     #: Llama's and it repeats KV heads by ``num_key_value_groups``)
     uneven_kv = False
+    #: why its heads cannot be removed layer by layer (the code reads a model-wide head count), or None
+    fixed_heads: str | None = None
 
     def components(self, path: str) -> tuple[Component, ...]:
         names = "|".join(self.projection_names().values())
@@ -76,6 +78,8 @@ class Attention(Part):
 
     def rejects(self, group: Group, module: torch.nn.Module, model: torch.nn.Module) -> str | None:
         head_dim = self.head_dim(module, model)
+        if group.role == "attention" and self.fixed_heads:
+            return f"{type(module).__name__}: {self.fixed_heads}"
         if group.role == "head_dim":
             return f"{type(module).__name__} views its projections with one head_dim: head_dim is fixed"
         if group.role == "attention_channels":
