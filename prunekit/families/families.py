@@ -73,3 +73,63 @@ family(
     Mamba2Mixer(paths=("mamba",), config_fields={}),
     MLP(paths=("feed_forward",)),
 )
+
+# GPT-J/CodeGen-style and other dense decoders whose projections carry their own names
+family(
+    "gptj",
+    ("gptj",),
+    Attention(o="out_proj", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("fc_in",), down="fc_out", config_fields={"intermediate_size": "n_inner"}),
+)
+family(
+    "codegen",
+    ("codegen",),
+    Attention(qkv="qkv_proj", o="out_proj", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("fc_in",), down="fc_out", config_fields={"intermediate_size": "n_inner"}),
+)
+family(
+    "gpt_neo",
+    ("gpt_neo",),
+    Attention(paths=("attn.attention",), o="out_proj", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("c_fc",), down="c_proj"),
+)
+family(
+    "xglm",
+    ("xglm",),
+    Attention(o="out_proj", width_attrs=("embed_dim",), config_fields=NO_HEAD_FIELDS),
+    MLP(paths=("",), up=("fc1",), down="fc2", config_fields={"intermediate_size": "ffn_dim"}),
+)
+family(
+    "ctrl",
+    ("ctrl",),
+    Attention(
+        paths=("multi_head_attention",), q="Wq", k="Wk", v="Wv", o="dense",
+        width_attrs=("d_model_size",), config_fields=NO_HEAD_FIELDS,
+    ),
+    MLP(paths=("ffn",), up=("0",), down="2", config_fields={"intermediate_size": "dff"}, width_attrs=()),
+)  # fmt: skip
+family(
+    "falcon",
+    ("falcon",),
+    Attention(qkv="query_key_value", o="dense", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={"intermediate_size": "ffn_hidden_size"}),
+    structured_refusal=(
+        "FalconLinear applies its weight as `input @ weight.T` (no linear op), so the trace finds no "
+        "consuming layer for its MLP channels and no attention heads"
+    ),
+)
+family("apertus", ("apertus",), Attention(), MLP(up=("up_proj",)))
+ALIBI_HEADS = "its ALiBi slopes are computed per head from the model-wide head count"
+family(
+    "mpt",
+    ("mpt",),
+    Attention(qkv="Wqkv", o="out_proj", fixed_heads=ALIBI_HEADS, default_roles=(), config_fields=NO_HEAD_FIELDS),
+    MLP(paths=("ffn",), up=("up_proj",), config_fields={}),
+)
+family(
+    "bloom",
+    ("bloom",),
+    Attention(qkv="query_key_value", o="dense", fixed_heads=ALIBI_HEADS, default_roles=(),
+              config_fields=NO_HEAD_FIELDS),
+    MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={}),
+)  # fmt: skip

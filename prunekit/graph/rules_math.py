@@ -93,6 +93,11 @@ _ELEMENTWISE = (
     "aten.sigmoid_backward",
     "aten.copy",
     "aten.fill",
+    # in place, shape-preserving (CTRL scales its embeddings with ``*=``): the labels are the inputs' ones
+    "aten.mul_",
+    "aten.div_",
+    "aten.add_",
+    "aten.sub_",
 )
 
 
@@ -131,6 +136,9 @@ def _reduced_dims(ctx: OpContext, rank: int) -> list[int]:
     "aten.count_nonzero",
 )
 def _reduction(ctx: OpContext):
+    if str(ctx.node.target) in ("aten.max.other", "aten.min.other"):
+        # max/min of two tensors (XGLM's and Apertus' clamp of the scores) is elementwise, not a reduction
+        return _elementwise(ctx)
     src = ctx.arg(0)
     labels = list(ctx.labels_of(src))
     rank = len(labels)
