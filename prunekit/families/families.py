@@ -123,7 +123,9 @@ ALIBI_HEADS = "its ALiBi slopes are computed per head from the model-wide head c
 family(
     "mpt",
     ("mpt",),
-    Attention(qkv="Wqkv", o="out_proj", fixed_heads=ALIBI_HEADS, default_roles=(), config_fields=NO_HEAD_FIELDS),
+    Attention(
+        qkv="Wqkv", o="out_proj", fixed_heads=ALIBI_HEADS, default_roles=(), config_fields=NO_HEAD_FIELDS
+    ),
     MLP(paths=("ffn",), up=("up_proj",), config_fields={}),
 )
 family(
@@ -133,3 +135,29 @@ family(
               config_fields=NO_HEAD_FIELDS),
     MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={}),
 )  # fmt: skip
+# Falcon-H1: attention and a Mamba-2 mixer side by side in every block, then the MLP. The mixer scales
+# in_proj's output by a constant per-channel muP buffer (mup_vector) that pins every SSM channel in the
+# trace, so its heads are not a default target; attention heads and MLP channels are
+family(
+    "falcon_h1",
+    ("falcon_h1",),
+    Attention(),
+    Mamba2Mixer(paths=("mamba",), config_fields={}, default_roles=()),
+    MLP(paths=("feed_forward",)),
+)
+# LFM2: gated short-convolution blocks and attention blocks, each with a w1/w3 -> w2 MLP; the convolution's
+# channels have no part, so they stay (and the blocks' MLPs and the attention heads are pruned)
+family(
+    "lfm2",
+    ("lfm2",),
+    Attention(o="out_proj"),
+    MLP(paths=("feed_forward",), up=("w1", "w3"), down="w2"),
+)
+# Zamba2: Mamba-2 blocks; hybrid blocks add the shared attention block (attention + fused MLP)
+family(
+    "zamba2",
+    ("zamba2",),
+    Attention(paths=("shared_transformer.self_attn",), config_fields=NO_HEAD_FIELDS),
+    Mamba2Mixer(paths=("mamba", "mamba_decoder.mamba"), config_fields={}),
+    MLP(paths=("shared_transformer.feed_forward",), up=("gate_up_proj",), up_factor=2, config_fields={}),
+)
