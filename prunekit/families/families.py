@@ -6,6 +6,9 @@ docs' family table (docs/adapters.md) is generated from this registry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .base import Adapter, register_adapter
 from .parts import MLP, Attention, Mamba2Mixer, Part
 
@@ -135,6 +138,21 @@ family(
               config_fields=NO_HEAD_FIELDS),
     MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={}),
 )  # fmt: skip
+EXPERTS = "structured pruning of experts is not implemented yet"
+
+
+def refuse_experts(has_experts: Callable[[Any], bool], where: str) -> Callable[[Adapter, Any], str | None]:
+    """A ``refusal`` for a family whose config may or may not place experts in its blocks: the dense
+    configs are supported, the others refused with ``where`` the experts sit."""
+
+    def refusal(self: Adapter, config: Any) -> str | None:
+        if config is not None and has_experts(config):
+            return f"{where} route tokens to experts ({EXPERTS})"
+        return self.structured_refusal
+
+    return refusal
+
+
 # Falcon-H1: attention and a Mamba-2 mixer side by side in every block, then the MLP. The mixer scales
 # in_proj's output by a constant per-channel muP buffer (mup_vector) that pins every SSM channel in the
 # trace, so its heads are not a default target; attention heads and MLP channels are
@@ -161,3 +179,27 @@ family(
     Mamba2Mixer(paths=("mamba", "mamba_decoder.mamba"), config_fields={}),
     MLP(paths=("shared_transformer.feed_forward",), up=("gate_up_proj",), up_factor=2, config_fields={}),
 )
+# Nemotron-H: every block is one mixer (Mamba-2, attention, MLP or experts) at ``mixer``
+family(
+    "nemotron_h",
+    ("nemotron_h",),
+    Mamba2Mixer(paths=("mixer",), config_fields={}),
+    Attention(paths=("mixer",)),
+    MLP(paths=("mixer",), up=("up_proj",), config_fields={}),
+    refusal=refuse_experts(
+        lambda c: "moe" in (getattr(c, "layers_block_type", None) or ()), "its 'moe' blocks"
+    ),
+)
+# Granite-4 hybrid: Mamba-2 or attention blocks, each with a fused gate/up shared MLP (and experts when
+# num_local_experts > 0)
+family(
+    "granitemoehybrid",
+    ("granitemoehybrid",),
+    Attention(),
+    Mamba2Mixer(paths=("mamba",), config_fields={}),
+    MLP(
+        paths=("shared_mlp",), up=("input_linear",), down="output_linear", up_factor=2,
+        config_fields={"intermediate_size": "shared_intermediate_size"}, width_attrs=(),
+    ),
+    refusal=refuse_experts(lambda c: (getattr(c, "num_local_experts", 0) or 0) > 0, "its blocks"),
+)  # fmt: skip
