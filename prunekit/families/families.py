@@ -203,3 +203,46 @@ family(
     ),
     refusal=refuse_experts(lambda c: (getattr(c, "num_local_experts", 0) or 0) > 0, "its blocks"),
 )  # fmt: skip
+# Llama-shaped projections around other attention maths (differential attention, sinks, gated
+# normalised attention) or next to a linear-attention mixer no part describes (OLMo-hybrid's gated
+# DeltaNet: its channels stay, the MLPs and the attention blocks' heads are pruned)
+family("llama_shaped", ("exaone", "flint"), Attention(), MLP())
+family(
+    "diffllama",
+    ("diffllama",),
+    Attention(
+        fixed_heads="differential attention pairs head i with head i + n/2 (it chunks the heads in halves)",
+        default_roles=(),
+    ),
+    MLP(),
+)
+family(
+    "dory",
+    ("dory",),
+    Attention(),
+    MLP(),
+    structured_refusal=(
+        "every channel group is spanned by a normalization (L2 norms over the attention output, ffn_sub_norm "
+        "over the MLP's intermediate channels): removing a channel is never the same as zeroing it"
+    ),
+)
+family(
+    "olmo_hybrid",
+    ("olmo_hybrid",),
+    Attention(),
+    MLP(),
+    opaque_modules={"*.linear_attn": "the gated DeltaNet writes its recurrent state into slices in place"},
+)
+family(
+    "modernbert_decoder",
+    ("modernbert-decoder",),
+    Attention(paths=("attn",), o="Wo", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("Wi",), down="Wo", up_factor=2),
+)
+# multi-head latent attention (low-rank q/kv projections) has no part: its heads stay, the MLPs are pruned
+family(
+    "latent_attention_mlp",
+    ("minicpm3", "youtu"),
+    MLP(),
+    opaque_modules={"*.self_attn": "multi-head latent attention writes its rotary part into slices in place"},
+)
