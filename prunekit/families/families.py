@@ -121,7 +121,7 @@ family(
         "consuming layer for its MLP channels and no attention heads"
     ),
 )
-family("apertus", ("apertus",), Attention(), MLP(up=("up_proj",)))
+family("apertus", ("apertus", "apertus1p5_text"), Attention(), MLP(up=("up_proj",)))
 ALIBI_HEADS = "its ALiBi slopes are computed per head from the model-wide head count"
 family(
     "mpt",
@@ -206,7 +206,14 @@ family(
 # Llama-shaped projections around other attention maths (differential attention, sinks, gated
 # normalised attention) or next to a linear-attention mixer no part describes (OLMo-hybrid's gated
 # DeltaNet: its channels stay, the MLPs and the attention blocks' heads are pruned)
-family("llama_shaped", ("exaone", "flint"), Attention(), MLP())
+family("llama_shaped", ("exaone", "flint", "cohere_compass_text", "hrm_text"), Attention(), MLP())
+family("lfm3", ("lfm3",), Attention(), MLP(paths=("feed_forward",), up=("w1", "w3"), down="w2"))
+family(
+    "gpt_neox_japanese",
+    ("gpt_neox_japanese",),
+    Attention(qkv="query_key_value", o="dense", config_fields=NO_HEAD_FIELDS),
+    MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={}),
+)
 family(
     "diffllama",
     ("diffllama",),
@@ -226,13 +233,12 @@ family(
         "over the MLP's intermediate channels): removing a channel is never the same as zeroing it"
     ),
 )
-family(
-    "olmo_hybrid",
-    ("olmo_hybrid",),
-    Attention(),
-    MLP(),
-    opaque_modules={"*.linear_attn": "the gated DeltaNet writes its recurrent state into slices in place"},
-)
+DELTANET = {
+    "*.linear_attn": "the gated DeltaNet writes each chunk's output into a slice of its output in place"
+}
+family("olmo_hybrid", ("olmo_hybrid",), Attention(), MLP(), opaque_modules=DELTANET)
+# Qwen3.5: q_proj yields each head's query and its output gate
+family("qwen3_5", ("qwen3_5_text",), Attention(q_factor=2), MLP(), opaque_modules=DELTANET)
 family(
     "modernbert_decoder",
     ("modernbert-decoder",),
@@ -244,5 +250,7 @@ family(
     "latent_attention_mlp",
     ("minicpm3", "youtu"),
     MLP(),
-    opaque_modules={"*.self_attn": "multi-head latent attention writes its rotary part into slices in place"},
+    opaque_modules={
+        "*.self_attn": "latent attention writes its keys' rotary and other parts into slices in place"
+    },
 )
