@@ -144,6 +144,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
         intermediate_size=[128] * 4,
         laurel_rank=8,
     ),
+    # two hybrid blocks: each repeats the shared attention block as its own module, tied to the other
+    "zamba2": dict(num_hidden_layers=3, layers_block_type=["linear_attention", "hybrid", "hybrid"]),
     "mamba2": dict(num_heads=8, head_dim=16, n_groups=2, chunk_size=8),  # heads * head_dim == expand * hidden
     # transformers' cached mLSTM step assumes query/key heads as wide as value heads
     "xlstm": dict(num_heads=4, qk_dim_factor=1.0),

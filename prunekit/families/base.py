@@ -212,9 +212,17 @@ class Adapter:
             part.before_hidden_change(module, model)
 
     def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
+        """Tell the owning part, and every other module tied to it: Zamba2 repeats its shared attention
+        block as distinct modules holding the same parameters, and each keeps its own counters."""
         owner = self._owner(group, model)
-        if owner is not None:
-            owner[0].on_removed(owner[2], group, units)
+        if owner is None:
+            return
+        first = next(owner[2].parameters(), None)
+        for part, _name, module in self._all_found(model):
+            if module is owner[2] or (
+                part is owner[0] and first is not None and next(module.parameters(), None) is first
+            ):
+                part.on_removed(module, group, units)
 
     def sync(self, model: torch.nn.Module) -> None:
         """Restate module attributes and config fields from the (shrunk) parameter shapes."""
