@@ -116,12 +116,14 @@ family(
 family(
     "falcon",
     ("falcon",),
-    Attention(qkv="query_key_value", o="dense", config_fields=NO_HEAD_FIELDS),
-    MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={"intermediate_size": "ffn_hidden_size"}),
-    structured_refusal=(
-        "FalconLinear applies its weight as `input @ weight.T` (no linear op), so the trace finds no "
-        "consuming layer for its MLP channels and no attention heads"
+    Attention(
+        qkv="query_key_value",
+        o="dense",
+        config_fields=NO_HEAD_FIELDS,
+        default_roles=(),
+        fixed_heads="it picks the key and value heads out of query_key_value by an index list ([-2], [-1])",
     ),
+    MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={"intermediate_size": "ffn_hidden_size"}),
 )
 family("apertus", ("apertus", "apertus1p5_text"), Attention(), MLP(up=("up_proj",)))
 ALIBI_HEADS = "its ALiBi slopes are computed per head from the model-wide head count"
