@@ -79,7 +79,7 @@ PLAIN = (
     "kolibri1", "laguna", "lara_mini", "lfm3", "llama", "llama4_text", "mamba", "mellum",
     "mimo_v2_flash", "minicpm3", "minimax", "minimax_m2", "minimax_m3_vl_text", "ministral",
     "ministral3", "mistral", "mixtral", "modernbert-decoder", "moshi", "mpt", "nanochat", "nemotron",
-    "nemotron_h", "olmo", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "openai-gpt", "opt", "persimmon",
+    "olmo", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "openai-gpt", "opt", "persimmon",
     "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_5_moe_text", "qwen3_5_text",
     "qwen3_moe", "qwen3_next", "rwkv", "sarvam_mla", "sarvam_moe", "seed_oss", "smollm3", "solar_open",
     "stablelm", "starcoder2", "vaultgemma", "xglm", "youtu", "zamba2",
@@ -92,7 +92,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     # hybrids whose block kinds come from periods or index lists: one recurrent and one attention block
     "bamba": dict(attn_layer_indices=[1]),
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
-    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"]),
+    # the dense variants (the ones prunekit supports); MOE_VARIANTS holds the ones with experts
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"], num_local_experts=0),
+    "nemotron_h": dict(num_hidden_layers=3, layers_block_type=["linear_attention", "full_attention", "mlp"]),
     "recurrent_gemma": dict(
         block_types=["recurrent", "attention"], lru_width=64
     ),  # LRU width: 2560 by default
@@ -142,6 +144,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
         intermediate_size=[128] * 4,
         laurel_rank=8,
     ),
+    # two hybrid blocks: each repeats the shared attention block as its own module, tied to the other
+    "zamba2": dict(num_hidden_layers=3, layers_block_type=["linear_attention", "hybrid", "hybrid"]),
     "mamba2": dict(num_heads=8, head_dim=16, n_groups=2, chunk_size=8),  # heads * head_dim == expand * hidden
     # transformers' cached mLSTM step assumes query/key heads as wide as value heads
     "xlstm": dict(num_heads=4, qk_dim_factor=1.0),
@@ -181,6 +185,14 @@ FAMILIES: dict[str, dict[str, Any]] = {
         lsh_attn_chunk_length=4,
         num_buckets=4,
         hash_seed=0,  # LSH draws random rotations on every forward otherwise
+    ),
+}
+
+#: families whose dense configs are supported, with the overrides that add experts (those are refused)
+MOE_VARIANTS: dict[str, dict[str, Any]] = {
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"], num_local_experts=4),
+    "nemotron_h": dict(
+        num_hidden_layers=4, layers_block_type=["linear_attention", "moe", "full_attention", "mlp"]
     ),
 }
 

@@ -25,8 +25,10 @@ from family_configs import (
     EXCLUDED,
     EXCLUSION_CHECKS,
     FAMILIES,
+    MOE_VARIANTS,
     attends_ahead,
     build,
+    generic_kwargs,
     mapping_types,
     tiny_config,
     vocab_size,
@@ -140,6 +142,23 @@ def test_structured_prune_of_a_refused_family_raises_before_any_change(model_typ
             calibration=_ids(model_type, 4, 16),
         )
     assert model_type in str(err.value), f"the error does not name the family: {err.value}"
+    _assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("model_type", sorted(MOE_VARIANTS))
+def test_a_supported_hybrid_with_experts_is_refused_before_any_change(model_type):
+    """Its dense configs are in the conformance run; a config that adds experts must not pass as supported
+    (no part describes the experts), from the config alone and when pruned."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = CONFIG_MAPPING[model_type](**{**generic_kwargs(model_type), **MOE_VARIANTS[model_type]})
+    found = support(config)
+    assert not found.supported and model_type in found.reason and "experts" in found.reason
+    model = build(model_type, config=config)
+    before = _state(model)
+    with pytest.raises(UnsupportedFamilyError, match="experts"):
+        prunekit.prune(model, method="wanda-sp", sparsity=0.3, structure="structured",
+                       calibration=_ids(model_type, 4, 16))  # fmt: skip
     _assert_unchanged(model, before)
 
 

@@ -130,10 +130,20 @@ class Adapter:
         hits = [f for f in self._all_found(model) if group.name == f[1] or group.name.startswith(f[1] + ".")]
         return max(hits, key=lambda f: len(f[1]), default=None)
 
+    def refusal(self, config: Any) -> str | None:
+        """Why structured pruning cannot run on a model of ``config`` (None: it can).
+
+        Most families answer alike for every config; a hybrid whose config may also place experts in some
+        blocks (no part describes them) overrides this to refuse exactly those configs, so ``support()``
+        says so before any weights are loaded.
+        """
+        return self.structured_refusal
+
     def check_structured(self, model: torch.nn.Module) -> None:
         """Raise :class:`UnsupportedFamilyError` unless structured pruning can run on this family."""
-        if self.structured_refusal or not self.parts:
-            why = self.structured_refusal or missing_parts(getattr(model, "config", None))
+        refusal = self.refusal(getattr(model, "config", None))
+        if refusal or not self.parts:
+            why = refusal or missing_parts(getattr(model, "config", None))
             raise UnsupportedFamilyError(f"structured pruning of {family_name(model)}: {why}")
         for block_name, found in self.block_parts(model):
             if not found:
@@ -202,9 +212,17 @@ class Adapter:
             part.before_hidden_change(module, model)
 
     def on_removed(self, model: torch.nn.Module, group: Group, units: torch.Tensor) -> None:
+        """Tell the owning part, and every other module tied to it: Zamba2 repeats its shared attention
+        block as distinct modules holding the same parameters, and each keeps its own counters."""
         owner = self._owner(group, model)
-        if owner is not None:
-            owner[0].on_removed(owner[2], group, units)
+        if owner is None:
+            return
+        first = next(owner[2].parameters(), None)
+        for part, _name, module in self._all_found(model):
+            if module is owner[2] or (
+                part is owner[0] and first is not None and next(module.parameters(), None) is first
+            ):
+                part.on_removed(module, group, units)
 
     def sync(self, model: torch.nn.Module) -> None:
         """Restate module attributes and config fields from the (shrunk) parameter shapes."""

@@ -29,6 +29,7 @@ def support(config: Any) -> Support:
     adapter = adapter_for_config(config)
     if not adapter.parts:
         return Support(model_type, None, f"the {model_type!r} family: {missing_parts(config)}")
-    if adapter.structured_refusal:
-        return Support(model_type, adapter.name, f"the {model_type!r} family: {adapter.structured_refusal}")
+    refusal = adapter.refusal(config)
+    if refusal:
+        return Support(model_type, adapter.name, f"the {model_type!r} family: {refusal}")
     return Support(model_type, adapter.name, None)

@@ -6,11 +6,13 @@ import string
 
 from .ops import (
     OpContext,
+    UnmappedOpError,
     broadcast,
     combine,
     is_labeled,
     is_tensor_node,
     norm_dim,
+    op_name,
     pin_all,
     record_span,
     register,
@@ -101,6 +103,29 @@ def _elementwise(ctx: OpContext):
     return broadcast(ctx, tensor_inputs(ctx, ctx.node.args), ctx.out_shape())
 
 
+#: ops whose output may share storage with their input: writing into it in place changes another tensor
+_VIEW_OPS = (
+    "aten.slice", "aten.select", "aten.view", "aten._unsafe_view", "aten.as_strided", "aten.transpose",
+    "aten.permute", "aten.t", "aten.unsqueeze", "aten.squeeze", "aten.expand", "aten.narrow", "aten.alias",
+    "aten.diagonal", "aten.unfold", "aten.split", "aten.chunk", "aten.unbind", "aten.reshape", "getitem",
+    "aten.numpy_T", "aten.swapaxes", "aten.split_with_sizes", "aten.detach",
+)  # fmt: skip
+
+
+@register("aten.mul_", "aten.div_", "aten.add_", "aten.sub_", "aten.copy_")
+def _inplace(ctx: OpContext):
+    """In place, shape-preserving (CTRL scales its embeddings with ``*=``): labels as out of place, and the
+    written tensor's later users see the same labels. Writing into a view would change a tensor this rule
+    does not see, so that stays unmapped."""
+    dst = ctx.node.args[0]
+    labeled = any(is_labeled(lab) for x in ctx.node.all_input_nodes for lab in ctx.labels_of(x) or ())
+    if labeled and op_name(getattr(dst, "target", None)) in _VIEW_OPS:
+        raise UnmappedOpError(
+            f"prunekit cannot map the in-place op {ctx.where()} into a view on a prunable dimension"
+        )
+    return _elementwise(ctx)
+
+
 def _reduced_dims(ctx: OpContext, rank: int) -> list[int]:
     dims = ctx.kwarg("dim", 1, None)
     if dims is None:
@@ -131,6 +156,9 @@ def _reduced_dims(ctx: OpContext, rank: int) -> list[int]:
     "aten.count_nonzero",
 )
 def _reduction(ctx: OpContext):
+    if str(ctx.node.target) in ("aten.max.other", "aten.min.other"):
+        # max/min of two tensors (XGLM's and Apertus' clamp of the scores) is elementwise, not a reduction
+        return _elementwise(ctx)
     src = ctx.arg(0)
     labels = list(ctx.labels_of(src))
     rank = len(labels)

@@ -112,7 +112,7 @@ def _transpose(ctx: OpContext):
     return labels
 
 
-@register("aten.t")
+@register("aten.t", "aten.numpy_T")  # ``weight.T`` (Falcon's linear): every axis reversed
 def _t(ctx: OpContext):
     return list(reversed(ctx.labels_of(ctx.arg(0))))
 

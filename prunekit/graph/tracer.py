@@ -177,6 +177,7 @@ _PRODUCER_DIM = {
     # x @ W with W stored [in, out] (transformers' Conv1D)
     "aten.addmm": (2, {0: "in", 1: "out"}),
     "aten.mm": (1, {0: "in", 1: "out"}),
+    "aten.matmul": (1, {0: "in", 1: "out"}),
 }
 
 
@@ -186,10 +187,13 @@ def _note_sides(node, name: str, to_param: dict, sides: dict) -> None:
     if rule is None:
         return
     pos, dims = rule
-    if pos < len(node.args) and hasattr(node.args[pos], "name") and node.args[pos].name in to_param:
-        fqn = to_param[node.args[pos].name]
+    arg, flip = node.args[pos] if pos < len(node.args) else None, False
+    if op_name(getattr(arg, "target", None)) in ("aten.t", "aten.numpy_T") and hasattr(arg.args[0], "name"):
+        arg, flip = arg.args[0], True  # ``x @ W.T`` (Falcon's linear): W's dims are the other way round
+    if hasattr(arg, "name") and arg.name in to_param:
+        fqn = to_param[arg.name]
         for d, side in dims.items():
-            sides.setdefault((fqn, d), side)
+            sides.setdefault((fqn, 1 - d if flip else d), side)
 
 
 def _opaque_rule(module: str, opaque_modules: dict[str, Any]):

@@ -92,13 +92,17 @@ def _reshape_blocks(model: torch.nn.Module, adapter, path: Path, recorded: Any) 
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
     shapes = _checkpoint_shapes(path)
+    holders = _holders(model)
     for _block, found in adapter.block_parts(model):
         for _part, part_name, module in found:
             for name, param in list(module.named_parameters()):
                 shape = shapes.get(f"{part_name}.{name}")
                 if shape is not None and tuple(shape) != tuple(param.shape):
                     owner, _, attr = f"{part_name}.{name}".rpartition(".")
-                    resize_parameter(model.get_submodule(owner), attr, tuple(shape))
+                    holder = model.get_submodule(owner)
+                    resize_parameter(holder, attr, tuple(shape))
+                    for other, other_attr in holders.get(id(param), ()):  # tied copies keep the tie
+                        other._parameters[other_attr] = holder._parameters[attr]
     adapter.restore(model, per_layer)
     try:
         adapter.sync(model)
@@ -111,6 +115,17 @@ def _reshape_blocks(model: torch.nn.Module, adapter, path: Path, recorded: Any) 
             raise CheckpointError(
                 f"{path}: layer {i}: recorded sizes {want}, the checkpoint's shapes give {have}"
             )
+
+
+def _holders(model: torch.nn.Module) -> dict[int, list[tuple[torch.nn.Module, str]]]:
+    """Every (module, attribute) holding each parameter: a tied parameter (Zamba2's shared attention block,
+    repeated as distinct modules) is saved under one name, and every holder must get its resized copy."""
+    out: dict[int, list[tuple[torch.nn.Module, str]]] = {}
+    for mod in model.modules():
+        for attr, param in mod._parameters.items():
+            if param is not None:
+                out.setdefault(id(param), []).append((mod, attr))
+    return out
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, list[int]]:

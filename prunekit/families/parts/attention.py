@@ -36,6 +36,8 @@ class Attention(Part):
     #: whether the family's attention runs uneven KV groups through :mod:`..kv_index` (its eager path is
     #: Llama's and it repeats KV heads by ``num_key_value_groups``)
     uneven_kv = False
+    #: q's output channels per query channel: 2 where q also yields each head's output gate (Qwen3.5)
+    q_factor = 1
     #: why its heads cannot be removed layer by layer (the code reads a model-wide head count), or None
     fixed_heads: str | None = None
 
@@ -108,7 +110,7 @@ class Attention(Part):
     def check_widths(self, module: torch.nn.Module, model: torch.nn.Module, n_q: int, n_kv: int) -> None:
         """Every projection must be as wide as the head counts say (a checkpoint may disagree)."""
         head_dim, proj = self.head_dim(module, model), self.projections(module)
-        want = {"q": n_q, "k": n_kv, "v": n_kv, "qkv": n_q + 2 * n_kv}
+        want = {"q": n_q * self.q_factor, "k": n_kv, "v": n_kv, "qkv": n_q + 2 * n_kv}
         for key, mod in proj.items():
             got = in_features(mod) if key == "o" else out_features(mod)
             if key != "o" and got != want[key] * head_dim:
