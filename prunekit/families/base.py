@@ -21,6 +21,7 @@ from .blocks import UnsupportedFamilyError, family_name, find_blocks, missing_pa
 from .components import ALL, Component
 from .parts import Part
 from .parts.attention import is_uneven_sizes
+from .parts.base import is_conv1d, set_if_present
 from .sizes import check_sizes, nest_legacy
 
 ADAPTERS: dict[str, type[Adapter]] = {}
@@ -232,12 +233,10 @@ class Adapter:
         if config is not None and emb is not None and hasattr(config, "hidden_size"):
             config.hidden_size = int(emb.weight.shape[1])
         per_layer, uneven = [], False
-        for (_block, found), block in zip(self.block_parts(model), self.layers(model)):
+        for block_name, found in self.block_parts(model):
             if self.prunes_residual and emb is not None:
-                for mod in block.modules():
-                    for attr in self.hidden_attrs:
-                        if isinstance(getattr(mod, attr, None), int) and hasattr(mod, attr):
-                            setattr(mod, attr, int(emb.weight.shape[1]))
+                for mod in model.get_submodule(block_name).modules():
+                    set_if_present(mod, self.hidden_attrs, int(emb.weight.shape[1]))
             sizes = {part.kind: _restated(part, name, module, model) for part, name, module in found}
             uneven |= any(is_uneven_sizes(s) for s in sizes.values())
             per_layer.append(sizes)
@@ -352,7 +351,7 @@ def sync_standard_modules(model: torch.nn.Module) -> None:
                 mod.in_channels = int(mod.weight.shape[1]) * mod.groups
         elif isinstance(mod, torch.nn.LayerNorm) and mod.weight is not None:
             mod.normalized_shape = tuple(mod.weight.shape)
-        elif type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):  # transformers' transposed linear
+        elif is_conv1d(mod):  # transformers' transposed linear
             mod.nf = int(mod.weight.shape[1])
 
 

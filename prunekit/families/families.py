@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from .base import Adapter, register_adapter
-from .parts import MLP, Attention, Mamba2Mixer, Part
+from .parts import MLP, Attention, HeldMixer, Mamba2Mixer, Part
 
 
 def family(name: str, model_types: tuple[str, ...], *parts: Part, **facts: object) -> type[Adapter]:
@@ -258,22 +256,6 @@ family(
         "*.self_attn": "latent attention writes its keys' rotary and other parts into slices in place"
     },
 )
-
-
-class HeldMixer(Part):
-    """A mixer no part can shrink yet (Zamba's Mamba mixer stacks its selection weights per mixer head in
-    x_proj_weight/dt_proj_weight): its groups get no role, so they stay; it records its inner width, so
-    a block holding only it is still a block of the family and a reload checks the width."""
-
-    kind = "held_mixer"
-    paths = ("mamba", "mamba_decoder.mamba")
-    config_fields: dict = {}
-
-    def matches(self, module: torch.nn.Module) -> bool:
-        return hasattr(module, "out_proj") and hasattr(module, "in_proj")
-
-    def restate(self, module: torch.nn.Module, model: torch.nn.Module) -> dict:
-        return {"intermediate_size": int(module.out_proj.in_features)}
 
 
 # Zamba: Mamba blocks (mixer held, see HeldMixer); hybrid blocks add the shared attention block

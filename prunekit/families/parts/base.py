@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from ...graph.groups import Group
 from ..components import Component
@@ -114,7 +115,7 @@ def in_features(module: torch.nn.Module) -> int:
 
 def is_conv1d(module: torch.nn.Module) -> bool:
     """transformers' ``Conv1D``: a linear layer whose weight is stored transposed (GPT-2 and kin)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    return isinstance(module, Conv1D)
 
 
 def set_if_present(module: torch.nn.Module, names: tuple[str, ...], value: int) -> None:
