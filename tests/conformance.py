@@ -13,7 +13,13 @@ comes from :mod:`family_configs`. The checks, one test each:
     without it (tokens and logits);
 (d) ``prunekit.save_pretrained`` -> ``prunekit.from_pretrained`` gives back the same tensors and logits,
     bit for bit, after unstructured and after structured pruning;
-(e) the roles the family prunes by default are among the roles of its traced groups.
+(e) the roles the family prunes by default are among the roles of its traced groups;
+(f) in a mixture of experts, removing whole experts computes what the dense model computes when its
+    routers never pick them (their logits at minus infinity), the routers lose their rows, and the
+    result generates and reloads (families without experts skip it).
+
+Groups tied together (the experts of one layer share their tensors, so they lose equal counts) are
+drawn together in (a).
 
 A check a family is known to fail goes in the class's ``known_failures`` (test name -> the precise
 reason): it then runs as a strict xfail, so it is reported, and fixing it is noticed.
@@ -24,6 +30,7 @@ meaningless). The dense model, its trace and the pruned models are built once pe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -60,12 +67,22 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
-def random_units(rng: random.Random, group: prunekit.Group, uneven: bool) -> list[int]:
-    """A valid, non-empty random set of units to drop: any for plain groups (and grouped heads whose
-    family runs uneven KV groups); otherwise whole KV (B/C) groups and the same count from the rest."""
+def random_count(rng: random.Random, group: prunekit.Group) -> int:
+    """A random number of units to drop that leaves ``min_kept`` and a multiple of ``kept_multiple``."""
+    step = group.kept_multiple
+    kept = rng.randint(max(1, group.min_kept, step) // step, (group.num_units - 1) // step) * step
+    return group.num_units - kept
+
+
+def random_units(
+    rng: random.Random, group: prunekit.Group, uneven: bool, count: int | None = None
+) -> list[int]:
+    """A valid, non-empty random set of units to drop (``count`` of them if given): any for plain groups
+    (and grouped heads whose family runs uneven KV groups); otherwise whole KV (B/C) groups and the same
+    count from the rest."""
     n = group.num_units
     if not group.num_outer or uneven:
-        return sorted(rng.sample(range(n), rng.randint(1, n - 1)))
+        return sorted(rng.sample(range(n), count if count is not None else random_count(rng, group)))
     outer, per = group.num_outer, group.units_per_outer
     gone = rng.randint(0 if per > 1 else 1, outer - 1)
     keep = rng.randint(1, per - (1 if gone == 0 else 0))
@@ -81,12 +98,40 @@ def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(ids, use_cache=False).logits
 
 
+def random_decision(rng: random.Random, groups, model) -> list:
+    """Random units for every group of ``groups``; groups with a common ``tie`` (the experts of one
+    layer, which share their tensors) lose the same random count."""
+    adapter, counts = get_adapter(model), {}
+    decision = []
+    for g in groups:
+        count = None
+        if g.tie:
+            count = counts.setdefault(g.tie, random_count(rng, g))
+        decision.append((g, random_units(rng, g, adapter.runs_uneven_groups(model, g), count)))
+    return decision
+
+
+def ties_together(groups) -> list[list]:
+    """The groups one by one, except that tied groups come together (they cannot be cut alone)."""
+    out, seen = [], {}
+    for g in groups:
+        if not g.tie:
+            out.append([g])
+        elif g.tie not in seen:
+            seen[g.tie] = len(out)
+            out.append([g])
+        else:
+            out[seen[g.tie]].append(g)
+    return out
+
+
 def removed_units(group: prunekit.Group, before: dict, model: torch.nn.Module, others) -> float:
     """How many of ``group``'s units a hard prune removed, read off a member dimension that no other
-    targeted group shares: its lost length over the group's positions per unit."""
-    shared = {(m.param, m.dim) for g in others if g is not group for m in g.members}
+    targeted group shares: its lost length over the group's positions per unit (an expert's slice of a
+    3-D tensor counts as its own: the experts of a tensor lose the same count)."""
+    shared = {(m.param, m.dim, m.expert) for g in others if g is not group for m in g.members}
     for m in group.members:
-        if m.per_outer or (m.param, m.dim) in shared:
+        if m.per_outer or (m.param, m.dim, m.expert) in shared:
             continue
         lost = before[m.param][m.dim] - model.get_parameter(m.param).shape[m.dim]
         return lost * group.num_units / len(m.positions)
@@ -163,14 +208,12 @@ class FamilyConformance:
     # ------------------------------------------------------------------ (a)
     def test_removal_equals_soft_zeroing(self):
         model, graph = self.dense(), self.graph()
-        groups = [g for g in graph.groups if not g.norm_spanned]
+        # whole experts re-route tokens: (f) compares them with routing that never picks them
+        groups = [g for g in graph.groups if not g.norm_spanned and g.kind != "experts"]
         assert groups, f"{self.model_type}: the trace found no group that no normalization spans"
-        adapter, rng, ids = get_adapter(model), random.Random(0), self.ids()
-
-        def choose(g):
-            return (g, random_units(rng, g, adapter.runs_uneven_groups(model, g)))
-
-        decisions = [[choose(g)] for g in groups] + [[choose(g) for g in groups]]
+        rng, ids = random.Random(0), self.ids()
+        decisions = [random_decision(rng, gs, model) for gs in ties_together(groups)]
+        decisions.append(random_decision(rng, groups, model))
         for decision in decisions:
             hard, soft = copy.deepcopy(model), copy.deepcopy(model)
             prunekit.soft_zero(soft, decision, shapes=graph.param_shapes)
@@ -180,7 +223,7 @@ class FamilyConformance:
 
     # ------------------------------------------------------------------ (b)
     def test_structured_prune_removes_the_share_of_every_default_kind(self, record_property):
-        roles = default_roles(self.dense_config())
+        roles = default_roles(self.dense_config(), self.dense())
         targeted = [g for g in self.graph().groups if g.role in roles]
         kinds = sorted({g.role for g in targeted})
         record_property("structured_kinds", ",".join(kinds))
@@ -190,9 +233,10 @@ class FamilyConformance:
         adapter = get_adapter(dense)
         for g in targeted:
             removed = removed_units(g, before, model, targeted)
-            # a family that runs only equal KV groups removes heads num_outer at a time
+            # a family that runs only equal KV groups removes heads num_outer at a time; experts keep a
+            # multiple of their kernel's alignment
             grouped = bool(g.num_outer) and g.num_outer != g.num_units
-            step = g.num_outer if grouped and not adapter.runs_uneven_groups(dense, g) else 1
+            step = g.num_outer if grouped and not adapter.runs_uneven_groups(dense, g) else g.kept_multiple
             if abs(removed - SPARSITY * g.num_units) > step:
                 wrong.append(f"{g.name} ({g.role}): {removed:g} of {g.num_units} removed")
         assert not wrong, f"expected {SPARSITY:.0%} of each group's units within one step: " + "; ".join(
@@ -235,7 +279,59 @@ class FamilyConformance:
 
     # ------------------------------------------------------------------ (e)
     def test_default_roles_are_traced(self):
-        roles = default_roles(self.dense_config())
+        roles = default_roles(self.dense_config(), self.dense())
         traced = {g.role for g in self.graph().groups}
         assert roles, f"the {self.model_type} adapter names no default structured roles"
         assert set(roles) <= traced, f"default roles {roles}; the trace found only {sorted(traced)}"
+
+    # ------------------------------------------------------------------ (f)
+    def test_expert_removal_equals_routing_around_them(self, tmp_path):
+        """Whole experts removed = the dense model routing with their logits at minus infinity; the
+        router has no output for them, and the pruned model generates and reloads."""
+        model, graph = self.dense(), self.graph()
+        whole = [g for g in graph.groups if g.kind == "experts"]
+        if not whole:
+            pytest.skip(f"{self.model_type} has no whole-expert groups")
+        rng, ids = random.Random(0), self.ids()
+        decision = [
+            (g, sorted(rng.sample(range(g.num_units), g.num_units - max(1, g.min_kept)))) for g in whole
+        ]
+        hard = copy.deepcopy(model)
+        prunekit.remove(hard, decision, shapes=graph.param_shapes)
+        with routed_around(model, decision) as masked:
+            expected = logits(model, ids)
+        assert masked, "the routers' logits were never computed through F.linear: nothing was masked"
+        torch.testing.assert_close(logits(hard, ids), expected, atol=ATOL, rtol=RTOL)
+        for g, units in decision:
+            router = next(m for m in g.members if m.side == "out")
+            assert hard.get_parameter(router.param).shape[0] == g.num_units - len(units)
+        again = prunekit.from_pretrained(prunekit.save_pretrained(hard, tmp_path / "experts"))
+        assert torch.equal(logits(again.eval(), ids), logits(hard, ids))
+        out = hard.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+        assert out.shape == (ids.shape[0], ids.shape[1] + 3)
+
+
+@contextlib.contextmanager
+def routed_around(model: torch.nn.Module, decision):
+    """Route as if the decision's experts had logits of minus infinity: every ``F.linear`` with a router
+    weight gets those outputs masked (yields the list of masked calls)."""
+    routers = {}
+    for group, units in decision:
+        for m in group.members:
+            if m.side == "out":
+                routers[id(model.get_parameter(m.param))] = torch.tensor(sorted(units))
+    linear, masked = torch.nn.functional.linear, []
+
+    def masking(x, weight, bias=None):
+        out = linear(x, weight, bias)
+        units = routers.get(id(weight))
+        if units is not None:
+            masked.append(units)
+            out = out.index_fill(-1, units.to(out.device), float("-inf"))
+        return out
+
+    torch.nn.functional.linear = masking
+    try:
+        yield masked
+    finally:
+        torch.nn.functional.linear = linear

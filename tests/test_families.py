@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import family_configs
 import pytest
 import torch
 import transformers
@@ -34,13 +35,6 @@ def bamba():
         transformers.BambaConfig, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=64, attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=8,
         mamba_n_groups=1, mamba_d_state=8, mamba_expand=2, mamba_chunk_size=16,
-    )  # fmt: skip
-
-
-def mixtral():
-    return _tiny(
-        transformers.MixtralConfig, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
     )  # fmt: skip
 
 
@@ -117,11 +111,11 @@ def test_a_hybrid_prunes_attention_ssm_heads_and_mlp_in_one_call(tmp_path):
         assert torch.equal(reloaded(IDS).logits, model(IDS).logits)
 
 
-@pytest.mark.parametrize("build", [mixtral])
-def test_structured_pruning_of_a_family_without_adapter_is_refused_untouched(build):
-    model = build()
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "jamba"])
+def test_structured_pruning_of_a_family_without_adapter_is_refused_untouched(model_type):
+    model = family_configs.build(model_type)
     before = _state(model)
-    with pytest.raises(UnsupportedFamilyError, match=r"'mixtral'.*mixture-of-experts"):
+    with pytest.raises(UnsupportedFamilyError, match=rf"'{model_type}'.*mixture-of-experts"):
         prunekit.prune(model, method="wanda-sp", sparsity=0.3, structure="structured", calibration=IDS)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -30,6 +30,7 @@ one ``[experts, ...]`` bool mask under the 3-D parameter's name, in the paramete
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..families.blocks import UnsupportedFamilyError, family_name
+from ..methods.statistics import Scope, of_scope
 
 EXPECTED = (
     "either the routed layout -- 3-D parameters gate_up_proj (gate rows, then up rows) or up_proj, and "
@@ -64,6 +66,7 @@ class Projection:
         w = w.t() if self.transposed else w
         lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
         lin.weight = torch.nn.Parameter(w, requires_grad=False)
+        lin.prunekit_expert_view = True  # no bias can be created for it (see structured compensation)
         if self.bias is not None:
             lin.bias = torch.nn.Parameter(module._parameters[self.bias].detach()[e], requires_grad=False)
         return lin
@@ -116,9 +119,8 @@ class ExpertsSplit:
         with torch.no_grad():
             hits = F.one_hot(top_k_index, num_classes=len(self.per_expert) + 1).permute(2, 1, 0)
         for e, linears in enumerate(self.per_expert):
+            # an expert no token reaches still runs on none, so its statistics exist (and say zero)
             top_k_pos, token_idx = torch.where(hits[e])
-            if token_idx.numel() == 0:
-                continue
             y = linears[down](self._activate(linears[up](hidden_states[token_idx])))
             if getattr(module, "has_post_expert_norm", False):
                 y = module.post_expert_norm(y)
@@ -323,3 +325,72 @@ def param_masks(masks: dict[str, torch.Tensor], splits: Sequence[ExpertsSplit]) 
         )
         full[e] = mask.t() if p.transposed else mask
     return out
+
+
+def splits_for(model: torch.nn.Module, groups: Sequence) -> dict[str, ExpertsSplit]:
+    """The split of every experts module a group (or an expert's channels) has members in, by module name.
+
+    Raises:
+        UnsupportedFamilyError: such a module's layout cannot be split per expert.
+    """
+    wanted = {
+        m.module for g in groups for sub in (g, *g.unit_groups) for m in sub.members if m.expert is not None
+    }
+    if not wanted:
+        return {}
+    out: dict[str, ExpertsSplit] = {}
+    for found in find_experts(model):
+        if found.name not in wanted:
+            continue
+        if isinstance(found, UnknownExperts):
+            raise found.error()
+        out[found.name] = found
+    missing = sorted(wanted - set(out))
+    if missing:
+        raise UnsupportedFamilyError(f"{family_name(model)}: no experts module recognised at {missing}")
+    return out
+
+
+def view_group(group, splits: dict[str, ExpertsSplit]):
+    """``group`` as the per-expert Linears see it while :func:`split_experts` holds: members in an
+    expert's slice of a 3-D parameter become members of that expert's Linear (its ``[out, in]`` weight,
+    or its bias), so statistics, scorers and compensation treat it as any layer."""
+    if not any(m.expert is not None for m in group.members):
+        return group
+    members = []
+    for m in group.members:
+        if m.expert is None:
+            members.append(m)
+            continue
+        split = splits[m.module]
+        proj = next(p for p in split.projections if m.attr in (p.attr, p.bias))
+        slot = split.slot(m.expert, proj.attr)
+        if m.attr == proj.bias:
+            members.append(dataclasses.replace(m, param=f"{slot}.bias", dim=0, expert=None))
+        else:
+            dim = m.dim - 1
+            dim = 1 - dim if proj.transposed else dim
+            members.append(dataclasses.replace(m, param=f"{slot}.weight", dim=dim, expert=None))
+    return dataclasses.replace(group, members=members, unit_groups=())
+
+
+def check_expert_groups(groups: Sequence, mode: str, scorer) -> None:
+    """What structured pruning of experts cannot do, as an error before anything is touched."""
+    whole = [g for g in groups if g.kind == "experts"]
+    if whole and mode != "hard":
+        raise ValueError(
+            f"removing whole experts ({whole[0].name}) re-routes tokens, which zeros cannot express: "
+            "use mode='hard', or leave role 'experts' out of the targets"
+        )
+    both = {g.name for g in whole} & {g.tie.rsplit(".", 1)[0] for g in groups if g.tie}
+    if both:
+        raise ValueError(
+            f"{sorted(both)[0]}: whole experts and their channels in one call would count the channels of "
+            "removed experts twice; remove experts first, then prune their channels in a second call"
+        )
+    has_experts = any(m.expert is not None for g in groups for m in g.members) or bool(whole)
+    if has_experts and of_scope(scorer.requires, Scope.MODEL):
+        raise ValueError(
+            f"method {scorer.name!r} scores with full-model gradients, which the experts' per-expert "
+            "views do not carry: use a block-wise method (wanda-sp, flap, magnitude-sp) for experts"
+        )

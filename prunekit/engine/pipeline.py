@@ -18,7 +18,7 @@ from ..families import get_adapter
 from ..graph import trace
 from ..spec import PruneSpec, SemiStructured
 from .calibration import BlockStream
-from .experts import ExpertsSplit, find_experts, param_masks
+from .experts import ExpertsSplit, check_expert_groups, find_experts, param_masks, split_experts, splits_for
 from .plan import Plan
 from .report import LayerRow, PruneReport, count_params, matmul_flops, short_layer_name
 from .structured import plan_structured, prune_structured
@@ -46,6 +46,8 @@ def plan(
         resolved.graph = trace(model, adapter=adapter)
         roles = adapter.default_structured_roles
         resolved.groups = group_targets(resolved.graph.groups, roles, spec.targets, spec.ignore)
+        check_expert_groups(resolved.groups, spec.structure.mode, spec.scorer())
+        resolved.experts = list(splits_for(model, resolved.groups).values())
     else:
         found = find_experts(model)
         resolved.targeted = weight_targets(model, blocks, spec.targets, spec.ignore, experts=found)
@@ -125,5 +127,6 @@ def _zeros(plan: Plan, name: str, module: torch.nn.Module) -> tuple[int, int]:
 
 def task_masks(plan: Plan) -> TaskMasks:
     """One soft structured mask per task of ``plan.calibration`` (and the blended generic one)."""
-    plans = {task: plan_structured(plan, task) for task in [*plan.calibration, None]}
+    with split_experts(plan.experts):
+        plans = {task: plan_structured(plan, task) for task in [*plan.calibration, None]}
     return TaskMasks(plan.model, plan.adapter, plan.graph, plans)

@@ -17,15 +17,18 @@ expected output of each shrunk layer is unchanged on calibration data.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from ..graph.groups import Group
 from ..methods.compensation import requirements
+from ..methods.scorers.base import zscore
 from ..methods.statistics import ModuleStats, Scope, of_scope, pooled
 from ..spec import Search, Structured
 from .calibration import run_blockwise
+from .experts import split_experts, view_group
 from .gradients import model_statistics
 from .plan import Plan
 from .snapshot import Snapshot
@@ -57,7 +60,7 @@ def consumer_stats(
     """Block-scope statistics of every consumer module of ``groups``, from one dense block-wise pass."""
     if not needs:
         return {}
-    names = {m.module for g in groups for m in consumers(g)}
+    names = {m.module for g in groups for sub in (g, *g.unit_groups) for m in consumers(sub)}
     modules = dict(model.named_modules())
     block_names = {id(b): n for n, b in model.named_modules()}
     per_block = []
@@ -98,6 +101,11 @@ def _score_groups(
     global search shares across groups)."""
     scores = []
     for group in groups:
+        if group.unit_groups:  # a unit made of a group (an expert of its channels): the sum of its scores
+            sums = torch.stack([s.sum() for s in _score_groups(model, group.unit_groups, scorer, stats,
+                                                                primary, per_param)])  # fmt: skip
+            scores.append(zscore(sums.double()) if comparable else sums)
+            continue
         weights = {p: model.get_parameter(p) for p in group.params}
         readers = [m for m in consumers(group) if m.module in primary] or consumers(group)
         group_stats = {m.module: stats[m.module] for m in readers if m.module in stats}
@@ -147,20 +155,33 @@ def plan_structured(plan: Plan, task: str | None = None) -> StructuredDecision:
     _check_task(calibration, task)
     groups, sparsity = spare_blocks(model, adapter, plan.groups, plan.spec.sparsity, s.dense_blocks, s.search)
     needs = scorer.requires | requirements(compensate)
+    views = as_views(groups, {split.name: split for split in plan.experts})
     mode = plan.spec.calibration.mode or default_calibration(groups, calibration, scorer, s.search)
     if mode == "sequential":
         check_sequential(groups, calibration, scorer, s.search)
         ratios = group_ratios(groups, sparsity, s.search, len(plan.blocks))
-        return _plan_sequential(plan, groups, ratios, needs)
-    scores, stats = _dense_scores(plan, groups, needs, task)
+        return _plan_sequential(plan, groups, views, ratios, needs)
+    scores, stats = _dense_scores(plan, views, needs, task)
     drops, notes = decide(model, adapter, groups, scores, sparsity, s)
     decision = validate(model, list(zip(groups, drops)), plan.graph.param_shapes, adapter)
     done = StructuredDecision(decision, notes=notes, calibration_mode="dense")
+    viewed = [(v, units) for v, (_g, units) in zip(views, decision)]
     if compensate == "refit":
-        done.weights, done.bias_deltas = refits(model, done.decision, stats)
+        done.weights, done.bias_deltas = refits(model, viewed, stats)
     elif compensate:
-        done.bias_deltas = compensation(model, done.decision, stats)
+        done.bias_deltas = compensation(model, viewed, stats)
+    done.bias_deltas = _biases_that_fit(model, done.bias_deltas, done.notes)
     return done
+
+
+def _biases_that_fit(model, deltas: dict[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
+    """Bias deltas for layers that can hold a bias: an expert's Linear is a view of a 3-D tensor, and
+    where the experts have no bias tensor none can be created for one of them (said in a note)."""
+    fixed = [n for n in deltas if getattr(model.get_submodule(n), "prunekit_expert_view", False)
+             and getattr(model.get_submodule(n), "bias", None) is None]  # fmt: skip
+    if fixed:
+        notes.append(f"no bias compensation for {len(fixed)} expert projections: the experts have no bias")
+    return {n: d for n, d in deltas.items() if n not in fixed}
 
 
 def _compensation(scorer, s: Structured) -> str | None:
@@ -190,6 +211,11 @@ def check_sequential(groups, calibration, scorer, search: Search) -> None:
     if search.name == "global":
         raise ValueError(
             "structure_search='global' compares every block before any is cut: it needs "
+            "calibration_mode='dense'"
+        )
+    if any(g.kind == "experts" for g in groups):
+        raise ValueError(
+            "removing whole experts re-routes tokens, which zeros cannot show the next block: "
             "calibration_mode='dense'"
         )
     if isinstance(calibration, dict):
@@ -238,7 +264,7 @@ def _dense_scores(plan: Plan, groups, needs, task: str | None):
     return scores_by[key], stats_by[key]
 
 
-def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredDecision:
+def _plan_sequential(plan: Plan, groups, views, ratios, needs) -> StructuredDecision:
     """Block by block: score on the outputs of the pruned blocks before, soft-prune, pass on."""
     model, adapter, graph, scorer, blocks = plan.model, plan.adapter, plan.graph, plan.scorer, plan.blocks
     s = plan.spec.structure
@@ -247,7 +273,7 @@ def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredDecision:
     compensate = _compensation(scorer, s)
     done = StructuredDecision(written=True, calibration_mode="sequential")
     snapshot = Snapshot(
-        model, [p for g in groups for p in g.params], [m.module for g in groups for m in consumers(g)]
+        model, [p for g in groups for p in g.params], [m.module for v in views for m in consumers(v)]
     )
 
     def prune_block(index: int, _block, stats: dict) -> None:
@@ -255,14 +281,16 @@ def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredDecision:
         if not mine:
             return
         gs = [groups[i] for i in mine]
-        scores = _score_groups(model, gs, scorer, stats, primary)
+        scores = _score_groups(model, [views[i] for i in mine], scorer, stats, primary)
         drops, notes = decide(model, adapter, gs, scores, 0.0, s, [ratios[i] for i in mine])
         decision = validate(model, list(zip(gs, drops)), graph.param_shapes, adapter)
+        viewed = [(views[i], units) for i, (_g, units) in zip(mine, decision)]
         weights, deltas = {}, {}
         if compensate == "refit":
-            weights, deltas = refits(model, decision, stats)
+            weights, deltas = refits(model, viewed, stats)
         elif compensate:
-            deltas = compensation(model, decision, stats)
+            deltas = compensation(model, viewed, stats)
+        deltas = _biases_that_fit(model, deltas, notes)
         write_weights(model, weights)
         add_biases(model, deltas)
         soft_zero(model, decision, shapes=graph.param_shapes)
@@ -273,8 +301,8 @@ def _plan_sequential(plan: Plan, groups, ratios, needs) -> StructuredDecision:
 
     modules = dict(model.named_modules())
     per_block: list[dict] = [{} for _ in blocks]
-    for group, b in zip(groups, block_of):
-        per_block[b].update({m.module: modules[m.module] for m in consumers(group)})
+    for view, b in zip(views, block_of):
+        per_block[b].update({m.module: modules[m.module] for m in consumers(view)})
     try:
         run_blockwise(
             model, blocks, plan.calibration, per_block, needs, prune_block, mode="sequential",
@@ -313,15 +341,29 @@ def apply_plan(model, adapter, graph, plan: StructuredDecision, mode: str) -> No
 
 
 def prune_structured(plan: Plan) -> StructuredDecision:
-    """Plan, then apply: nothing is written before every decision is validated."""
-    done = plan_structured(plan, plan.spec.task)
-    try:
-        apply_plan(plan.model, plan.adapter, plan.graph, done, plan.spec.structure.mode)
-    except BaseException:
-        if done.snapshot is not None:
-            done.snapshot.restore()
-        raise
+    """Plan, then apply: nothing is written before every decision is validated. Experts are split into
+    per-expert Linears meanwhile (:mod:`.experts`), so their statistics are per expert."""
+    with split_experts(plan.experts):
+        done = plan_structured(plan, plan.spec.task)
+        try:
+            apply_plan(plan.model, plan.adapter, plan.graph, done, plan.spec.structure.mode)
+        except BaseException:
+            if done.snapshot is not None:
+                done.snapshot.restore()
+            raise
     return done
+
+
+def as_views(groups, splits) -> list[Group]:
+    """Each group as the split experts' Linears see it (itself where it has no expert members), and the
+    same for the groups its units are made of."""
+    out = []
+    for g in groups:
+        v = view_group(g, splits)
+        if g.unit_groups:
+            v = dataclasses.replace(v, unit_groups=tuple(view_group(u, splits) for u in g.unit_groups))
+        out.append(v)
+    return out
 
 
 __all__ = [

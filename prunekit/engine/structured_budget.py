@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from ..graph.groups import Group
 from ..methods.budgets import (
+    equal_ties,
     global_drops,
+    keep_min,
     logistic_ratios,
     per_layer_ratios,
     ratio_drops,
@@ -30,7 +32,7 @@ def per_unit_sizes(model, group: Group, gqa: str = "heads") -> float:
         if m.per_outer and gqa == "heads" and group.num_outer != group.num_units:
             continue
         p = model.get_parameter(m.param)
-        other = p.numel() // p.shape[m.dim]
+        other = p.numel() // p.shape[m.dim] // (p.shape[0] if m.expert is not None else 1)
         total += len(m.positions) * other
     return total / group.num_units
 
@@ -91,4 +93,6 @@ def decide(model, adapter, groups, scores, sparsity, s: Structured, ratios=None)
         notes = shortfall_notes(groups, drops, ratios, gqa, uneven, adapter.name)
     if s.round_to > 1:
         drops = [round_kept(g, sc, d, s.round_to) for g, sc, d in zip(groups, scores, drops)]
-    return drops, notes
+    drops, tie_notes = equal_ties(groups, scores, drops)
+    drops, kept_notes = keep_min(groups, scores, drops)
+    return drops, notes + tie_notes + kept_notes

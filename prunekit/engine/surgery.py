@@ -52,9 +52,15 @@ def check_units(group: Group, units, uneven: bool = True) -> torch.Tensor:
     see :meth:`~prunekit.families.base.Adapter.runs_uneven_groups`); otherwise each keeps the same number.
     """
     t = _as_units(group, units)
-    if t.numel() >= group.num_units:
+    if t.numel() > group.num_units - max(1, group.min_kept):
+        keep = "keep at least one" if group.min_kept <= 1 else f"keep at least {group.min_kept}"
         raise SurgeryError(
-            f"cannot remove all {group.num_units} units of group {group.name!r}: keep at least one"
+            f"cannot remove {t.numel()} of the {group.num_units} units of group {group.name!r}: {keep}"
+        )
+    kept = group.num_units - t.numel()
+    if group.kept_multiple > 1 and kept % group.kept_multiple:
+        raise SurgeryError(
+            f"group {group.name!r} would keep {kept} units: it must keep a multiple of {group.kept_multiple}"
         )
     if group.num_outer and not uneven:
         per = group.units_per_outer
@@ -106,7 +112,27 @@ def _validated(model, decision: Decision, shapes, adapter=None) -> list[tuple[Gr
         _check_fresh(model, group, shapes)
         uneven = adapter is None or adapter.runs_uneven_groups(model, group)
         out.append((group, check_units(group, units, uneven=uneven)))
+    _check_expert_counts(model, out)
     return out
+
+
+def _check_expert_counts(model, checked: list[tuple[Group, torch.Tensor]]) -> None:
+    """Every expert of a 3-D parameter must lose as many positions along a dimension as the others:
+    the experts share one tensor, which must stay rectangular."""
+    counts: dict[tuple[str, int], dict[int, int]] = defaultdict(dict)
+    for group, units in checked:
+        for m in group.members:
+            if m.expert is not None:
+                per = counts[(m.param, m.dim)]
+                per[m.expert] = per.get(m.expert, 0) + int(member_positions(m, group, units).numel())
+    for (param, dim), per in counts.items():
+        experts = model.get_parameter(param).shape[0]
+        got = [per.get(e, 0) for e in range(experts)]
+        if len(set(got)) > 1:
+            raise SurgeryError(
+                f"{param}: its {experts} experts would lose {got} positions along dim {dim}; the experts "
+                "of one tensor must lose the same number (prune the same count from every expert)"
+            )
 
 
 def validate(model, decision: Decision, shapes=None, adapter=None) -> list[tuple[Group, torch.Tensor]]:
@@ -121,7 +147,22 @@ def soft_zero(model: torch.nn.Module, decision: Decision, shapes: dict | None = 
         for m in group.members:
             pos = member_positions(m, group, units)
             if pos.numel():
-                model.get_parameter(m.param).index_fill_(m.dim, pos, 0.0)
+                p = model.get_parameter(m.param)
+                if m.expert is None:
+                    p.index_fill_(m.dim, pos, 0.0)
+                else:
+                    p[m.expert].index_fill_(m.dim - 1, pos.to(p.device), 0.0)
+
+
+def _cut_experts(data: torch.Tensor, dim: int, per: dict[int, list[torch.Tensor]]) -> torch.Tensor:
+    """Each expert's slice of a 3-D parameter without its own positions along ``dim`` (equal counts)."""
+    slices = []
+    for e in range(data.shape[0]):
+        keep = torch.ones(data.shape[dim], dtype=torch.bool)
+        if per.get(e):
+            keep[torch.cat(per[e])] = False
+        slices.append(data[e].index_select(dim - 1, torch.nonzero(keep).flatten().to(data.device)))
+    return torch.stack(slices)
 
 
 def _owners(model: torch.nn.Module) -> dict[int, list[tuple[torch.nn.Module, str]]]:
@@ -145,24 +186,32 @@ def remove(model: torch.nn.Module, decision: Decision, adapter=None, shapes: dic
     adapter = adapter or get_adapter(model)
     checked = _validated(model, decision, shapes, adapter)
     drops: dict[tuple[str, int], list[torch.Tensor]] = defaultdict(list)
+    per_expert: dict[tuple[str, int], dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
     for group, units in checked:
         for m in group.members:
             pos = member_positions(m, group, units)
-            if pos.numel():
+            if pos.numel() and m.expert is None:
                 drops[(m.param, m.dim)].append(pos)
-    if not drops:
+            elif pos.numel():
+                per_expert[(m.param, m.dim)][m.expert].append(pos)
+    if not drops and not per_expert:
         return {}
 
     adapter.before_hidden_change(model)
     owners = _owners(model)
     changed: dict[str, tuple] = {}
     by_param: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    expert_cuts: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    for (param, dim), per in per_expert.items():
+        expert_cuts[param].append((dim, per))
     for (param, dim), pos_list in drops.items():
         by_param[param].append((dim, torch.unique(torch.cat(pos_list))))
-    for param, cuts in by_param.items():
+    for param in dict.fromkeys([*expert_cuts, *by_param]):
         old = model.get_parameter(param)
         new = old.data
-        for dim, pos in cuts:
+        for dim, per in expert_cuts.get(param, []):  # inside every expert first: indices are the traced ones
+            new = _cut_experts(new, dim, per)
+        for dim, pos in by_param.get(param, []):
             keep = torch.ones(new.shape[dim], dtype=torch.bool)
             keep[pos] = False
             new = new.index_select(dim, torch.nonzero(keep).flatten().to(new.device))

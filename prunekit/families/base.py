@@ -73,6 +73,14 @@ class Adapter:
     def default_structured_roles(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(r for part in self.parts for r in part.default_roles))
 
+    def default_roles_in(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """The default roles of the parts this model's blocks hold (a MoE config without dense blocks
+        has no MLP groups to prune)."""
+        kinds = {part.kind for _b, found in self.block_parts(model) for part, _n, _m in found}
+        return tuple(
+            dict.fromkeys(r for part in self.parts if part.kind in kinds for r in part.default_roles)
+        )
+
     @property
     def components(self) -> tuple[Component, ...]:
         out: dict[str, Component] = {}
@@ -155,6 +163,10 @@ class Adapter:
                 )
 
     # ------------------------------------------------------------------ groups
+    def declared_groups(self, model: torch.nn.Module) -> list[Group]:
+        """Groups the parts state themselves (the trace cannot follow MoE routing), in block order."""
+        return [g for part, name, module in self._all_found(model) for g in part.groups(name, module, model)]
+
     def role(self, group: Group, model: torch.nn.Module) -> str:
         """A short name for what the group is ("attention", "mlp", "residual", ...)."""
         if self.embedding_param(model) in group.params:

@@ -26,7 +26,10 @@ def missing_parts(config) -> str:
     text = getattr(config, "get_text_config", lambda: config)()
     needs = []
     if any(isinstance(getattr(text, f, None), int) and getattr(text, f) > 1 for f in MOE_FIELDS):
-        needs.append("mixture-of-experts layers (structured pruning of experts is not implemented yet)")
+        needs.append(
+            "mixture-of-experts layers in a layout no family adapter states yet (routed 3-D experts with "
+            "a router are supported where the family's attention and MLP are)"
+        )
     if any(getattr(text, f, None) for f in SSM_FIELDS):
         needs.append("state-space or linear-attention mixers of a kind no part describes yet")
     what = "; it has " + " and ".join(needs) if needs else ""

@@ -10,12 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Adapter, register_adapter
-from .parts import MLP, Attention, HeldMixer, Mamba2Mixer, Part
+from .parts import MLP, Attention, Experts, HeldMixer, Mamba2Mixer, Part
 
 
 def family(name: str, model_types: tuple[str, ...], *parts: Part, **facts: object) -> type[Adapter]:
     """Register an adapter class called ``name`` made of ``parts`` for ``model_types``."""
-    attrs = {"name": name, "model_types": model_types, "parts": parts, "__module__": __name__, **facts}
+    opaque: dict[str, str] = {}
+    for part in parts:  # a part the trace cannot follow (MoE routing) makes its modules opaque
+        for path in part.paths:
+            opaque.update(part.opaque(path))
+    opaque.update(facts.pop("opaque_modules", {}))
+    attrs = {"name": name, "model_types": model_types, "parts": parts, "__module__": __name__,
+             "opaque_modules": opaque, **facts}  # fmt: skip
     return register_adapter(type(f"{name.title().replace('_', '')}Adapter", (Adapter,), attrs))
 
 
@@ -140,7 +146,7 @@ family(
               config_fields=NO_HEAD_FIELDS),
     MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={}),
 )  # fmt: skip
-EXPERTS = "structured pruning of experts is not implemented yet"
+EXPERTS = "its expert blocks hold a latent projection around the experts that no part describes yet"
 
 
 def refuse_experts(has_experts: Callable[[Any], bool], where: str) -> Callable[[Adapter, Any], str | None]:
@@ -203,7 +209,10 @@ family(
         paths=("shared_mlp",), up=("input_linear",), down="output_linear", up_factor=2,
         config_fields={"intermediate_size": "shared_intermediate_size"}, width_attrs=(),
     ),
-    refusal=refuse_experts(lambda c: (getattr(c, "num_local_experts", 0) or 0) > 0, "its blocks"),
+    Experts(
+        paths=("block_sparse_moe",),
+        config_fields={"intermediate_size": "intermediate_size", "num_experts": "num_local_experts"},
+    ),
 )  # fmt: skip
 # Llama-shaped projections around other attention maths (differential attention, sinks, gated
 # normalised attention) or next to a linear-attention mixer no part describes (OLMo-hybrid's gated
@@ -266,3 +275,48 @@ family(
     Attention(paths=("shared_transf.self_attn",), config_fields=NO_HEAD_FIELDS),
     MLP(paths=("shared_transf.feed_forward",), config_fields={}),
 )
+
+
+# mixtures of experts: llama-like attention, the routed experts, a dense MLP where some blocks have one
+# and a shared expert beside the routed ones where the family has one
+MIXTRAL_FIELDS = {"intermediate_size": "intermediate_size", "num_experts": "num_local_experts"}
+QWEN_FIELDS = {"intermediate_size": "moe_intermediate_size", "num_experts": "num_experts"}
+DEEPSEEK_FIELDS = {"intermediate_size": "moe_intermediate_size", "num_experts": "n_routed_experts"}
+SHARED = ("mlp.shared_expert", "mlp.shared_experts", "mlp.shared_mlp", "block_sparse_moe.shared_mlp")
+family(
+    "mixtral",
+    ("mixtral", "minimax_m2", "mellum", "flex_olmo"),
+    Attention(),
+    Experts(config_fields=MIXTRAL_FIELDS),
+)
+family(
+    "olmoe",
+    ("olmoe",),
+    Attention(),
+    Experts(config_fields={**QWEN_FIELDS, "intermediate_size": "intermediate_size"}),
+)
+family(
+    "qwen_moe",
+    ("qwen2_moe", "qwen3_moe"),
+    Attention(),
+    MLP(),
+    MLP(kind="shared_mlp", paths=SHARED, config_fields={}),
+    Experts(config_fields=QWEN_FIELDS),
+)
+family(
+    "shared_experts",
+    ("ernie4_5_moe", "dots1", "glm4_moe", "exaone_moe", "kolibri1", "hy_v3", "solar_open", "cohere2_moe"),
+    Attention(),
+    MLP(),
+    MLP(kind="shared_mlp", paths=SHARED, config_fields={}),
+    Experts(config_fields=DEEPSEEK_FIELDS),
+)
+family(
+    "granitemoe",
+    ("granitemoe", "granitemoeshared", "phimoe"),
+    Attention(),
+    MLP(kind="shared_mlp", paths=("shared_mlp",), up=("input_linear",), down="output_linear", up_factor=2,
+        config_fields={}, width_attrs=()),
+    Experts(paths=("block_sparse_moe", "mlp"), config_fields=MIXTRAL_FIELDS),
+)  # fmt: skip
+family("gpt_oss", ("gpt_oss",), Attention(), Experts(config_fields=MIXTRAL_FIELDS))

@@ -22,6 +22,10 @@ class GroupLabeler(Protocol):
 
     def rejects(self, group: Group, model: torch.nn.Module) -> str | None: ...
 
+    def declared_groups(self, model: torch.nn.Module) -> list[Group]:
+        """Groups the family states where the trace cannot see them (may be absent)."""
+        ...
+
 
 @dataclass
 class DependencyGraph:
@@ -79,6 +83,9 @@ def trace(
             rejected.append((g, why))
         else:
             accepted.append(g)
+    for g in adapter.declared_groups(model) if hasattr(adapter, "declared_groups") else []:
+        why = adapter.rejects(g, model)  # stated with their roles by the family (MoE experts)
+        (rejected.append((g, why)) if why else accepted.append(g))
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     return DependencyGraph(accepted, state.graph, rejected, time.perf_counter() - t0, shapes, aliases)
 

@@ -15,7 +15,9 @@ class Member:
     ``positions[i]`` (an index along ``dim`` of ``param``) belongs to unit ``units[i]``. In a grouped-head
     group, members such as ``k_proj`` rows exist once per *outer* unit (a KV head) and have
     ``per_outer=True``: their ``units`` index outer units, and they go only when every query head of
-    that KV head goes.
+    that KV head goes. A member with ``expert=e`` lies in expert ``e``'s slice of a 3-D experts parameter
+    (``[experts, out, in]``): ``dim`` is the parameter's, and the slice of every expert must shrink by the
+    same count, so the tensor stays rectangular.
     """
 
     param: str
@@ -24,6 +26,7 @@ class Member:
     units: torch.Tensor
     per_outer: bool = False
     side: str = "param"
+    expert: int | None = None
 
     @property
     def module(self) -> str:
@@ -50,7 +53,10 @@ class Member:
             rel = ""
         attr = "" if self.attr == "weight" else self.attr
         tag = ".".join(x for x in (rel, attr) if x) or self.attr
-        if self.side in ("out", "in") and self.attr == "weight":
+        if self.expert is not None:  # the group is named after its expert: the attribute says enough
+            rel = ""
+            tag = self.attr
+        if self.side in ("out", "in") and (self.attr == "weight" or self.expert is not None):
             tag = f"{tag}.{self.side}"
         return f"{tag}[{len(self.positions)}]"
 
@@ -62,8 +68,15 @@ class Group:
     ``kind`` is ``"channels"`` (independent channels: MLP, residual stream, Mamba inner channels),
     ``"heads"`` (blocks of channels formed by a reshape: attention heads, Mamba-2 heads, possibly grouped
     with a replication such as GQA) or ``"inner"`` (an axis inside heads, e.g. a head dimension, that
-    can only shrink by the same amount in every head). ``num_units`` counts query heads for head groups;
-    ``num_outer`` counts key/value heads (or Mamba-2 B/C groups) when heads are grouped.
+    can only shrink by the same amount in every head) or ``"experts"`` (whole experts of a mixture,
+    with their router rows: removing them changes where tokens are routed, which zeros cannot express).
+    ``num_units`` counts query heads for head groups; ``num_outer`` counts key/value heads (or Mamba-2
+    B/C groups) when heads are grouped. ``min_kept`` units always stay (a router keeps at least its
+    top-k experts); groups with the same non-empty ``tie`` must lose the same number of units (the
+    channels of the experts of one layer, stored in one tensor). ``unit_groups[i]``, when given, are the
+    units of unit ``i`` as a group of their own: an expert is scored by its channels. The units kept
+    must be a multiple of ``kept_multiple`` (experts' tensors feed grouped matmul kernels that need
+    16-byte rows).
     """
 
     name: str
@@ -73,6 +86,10 @@ class Group:
     num_outer: int | None = None
     norm_spanned: tuple[str, ...] = ()
     role: str = ""
+    min_kept: int = 1
+    tie: str = ""
+    kept_multiple: int = 1
+    unit_groups: tuple[Group, ...] = ()
 
     @property
     def units_per_outer(self) -> int:
@@ -111,6 +128,8 @@ class Group:
         left = " + ".join(_collapse(producers + middles)) or "-"
         right = " + ".join(_collapse(consumers))
         body = f"{left} → {right}" if right else left
+        if self.kind == "experts":
+            return f"{_short(prefix)}: {self.num_units} experts: {body}"
         if self.kind == "heads":
             if self.num_outer and self.num_outer != self.num_units:
                 head = (

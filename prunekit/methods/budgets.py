@@ -128,6 +128,47 @@ def shortfall_notes(groups, drops, ratios, gqa: str, uneven: list[bool], family:
     return notes
 
 
+def equal_ties(groups, scores, drops) -> tuple[list[torch.Tensor], list[str]]:
+    """Groups that share a ``tie`` (the experts of one layer, whose channels live in one tensor) lose
+    the same count: the mean of their counts, rounded down (never more than asked), each its lowest."""
+    out, notes = list(drops), []
+    ties: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g.tie:
+            ties.setdefault(g.tie, []).append(i)
+    for tie, members in ties.items():
+        counts = [int(out[i].numel()) for i in members]
+        if len(set(counts)) <= 1:
+            continue
+        k = sum(counts) // len(counts)
+        for i in members:
+            out[i] = lowest_units(groups[i], scores[i], k)
+        notes.append(f"{tie}: {len(members)} experts asked {min(counts)}-{max(counts)} units each; "
+                     f"every expert loses {k} (they share one tensor)")  # fmt: skip
+    return out, notes
+
+
+def keep_min(groups, scores, drops) -> tuple[list[torch.Tensor], list[str]]:
+    """Every group keeps its ``min_kept`` units (a router its top-k experts) and a multiple of
+    ``kept_multiple``: fewer of its lowest units go, and a note says so where that changes the count."""
+    out, notes = list(drops), []
+    for i, g in enumerate(groups):
+        most = g.num_units - max(1, g.min_kept)
+        asked_for = int(out[i].numel())
+        k = min(asked_for, most)
+        step = max(1, g.kept_multiple)
+        k = max(0, g.num_units - -(-(g.num_units - k) // step) * step)  # keep the next multiple up
+        if k == asked_for:
+            continue
+        why = f"it keeps at least {g.min_kept}" if asked_for > most else f"it keeps a multiple of {step}"
+        who = f"{g.tie} (each expert)" if g.tie else g.name  # the tied experts of a layer: one note
+        note = f"{who}: {asked_for} of {g.num_units} units asked, {k} removed ({why})"
+        if note not in notes:
+            notes.append(note)
+        out[i] = lowest_units(g, scores[i], k)
+    return out, notes
+
+
 def round_kept(group: Group, scores: torch.Tensor, drops: torch.Tensor, multiple: int) -> torch.Tensor:
     """Keep a multiple of ``multiple`` channels (nearest, at least one multiple) so that shapes stay
     friendly to kernels and to N:M patterns applied afterwards. Head groups are left as they are."""

@@ -2,9 +2,10 @@
 
 from .attention import Attention
 from .base import Part, Sizes
+from .experts import Experts
 from .held import HeldMixer
 from .mamba import MambaMixer
 from .mamba2 import Mamba2Mixer
 from .mlp import MLP
 
-__all__ = ["MLP", "Attention", "HeldMixer", "Mamba2Mixer", "MambaMixer", "Part", "Sizes"]
+__all__ = ["MLP", "Attention", "Experts", "HeldMixer", "Mamba2Mixer", "MambaMixer", "Part", "Sizes"]

@@ -66,6 +66,14 @@ class Part:
         return True
 
     # ------------------------------------------------------------------ groups
+    def opaque(self, path: str) -> dict[str, str]:
+        """Module patterns (fnmatch) the trace must not follow, at ``path`` in a block -> why."""
+        return {}
+
+    def groups(self, name: str, module: torch.nn.Module, model: torch.nn.Module) -> list[Group]:
+        """Groups this part states itself, where the trace cannot follow its code (MoE routing)."""
+        return []
+
     def role(self, group: Group, name: str, module: torch.nn.Module) -> str | None:
         """The role of ``group`` if it is one of this part's (its module is ``name``), else None."""
         return None
