@@ -92,9 +92,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
     # hybrids whose block kinds come from periods or index lists: one recurrent and one attention block
     "bamba": dict(attn_layer_indices=[1]),
     "jamba": dict(attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1),
-    # the dense variants (the ones prunekit supports); MOE_VARIANTS holds the ones with experts
-    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"], num_local_experts=0),
-    "nemotron_h": dict(num_hidden_layers=3, layers_block_type=["linear_attention", "full_attention", "mlp"]),
+    # attention/SSM/MoE hybrids: every kind of block, experts included
+    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"], num_local_experts=4),
+    "nemotron_h": dict(
+        num_hidden_layers=4, layers_block_type=["linear_attention", "moe", "full_attention", "mlp"]
+    ),
     "recurrent_gemma": dict(
         block_types=["recurrent", "attention"], lru_width=64
     ),  # LRU width: 2560 by default
@@ -188,11 +190,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
     ),
 }
 
-#: families whose dense configs are supported, with the overrides that add experts (those are refused)
+#: supported families with the overrides of a config they refuse (experts behind latent projections)
 MOE_VARIANTS: dict[str, dict[str, Any]] = {
-    "granitemoehybrid": dict(layer_types=["linear_attention", "full_attention"], num_local_experts=4),
     "nemotron_h": dict(
-        num_hidden_layers=4, layers_block_type=["linear_attention", "moe", "full_attention", "mlp"]
+        num_hidden_layers=4,
+        layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+        moe_latent_size=32,
     ),
 }
 

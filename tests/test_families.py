@@ -111,7 +111,7 @@ def test_a_hybrid_prunes_attention_ssm_heads_and_mlp_in_one_call(tmp_path):
         assert torch.equal(reloaded(IDS).logits, model(IDS).logits)
 
 
-@pytest.mark.parametrize("model_type", ["deepseek_v3", "jamba"])
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "hunyuan_v1_moe"])
 def test_structured_pruning_of_a_family_without_adapter_is_refused_untouched(model_type):
     model = family_configs.build(model_type)
     before = _state(model)

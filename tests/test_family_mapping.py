@@ -147,8 +147,9 @@ def test_structured_prune_of_a_refused_family_raises_before_any_change(model_typ
 
 @pytest.mark.parametrize("model_type", sorted(MOE_VARIANTS))
 def test_a_supported_hybrid_with_experts_is_refused_before_any_change(model_type):
-    """Its dense configs are in the conformance run; a config that adds experts must not pass as supported
-    (no part describes the experts), from the config alone and when pruned."""
+    """Its usual configs are in the conformance run; a config whose experts sit behind latent
+    projections must not pass as supported (no part describes them), from the config alone and when
+    pruned."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     config = CONFIG_MAPPING[model_type](**{**generic_kwargs(model_type), **MOE_VARIANTS[model_type]})

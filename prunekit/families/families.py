@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import Adapter, register_adapter
-from .parts import MLP, Attention, Experts, HeldMixer, Mamba2Mixer, Part
+from .parts import MLP, Attention, Experts, HeldMixer, Mamba2Mixer, MambaMixer, Part
 
 
 def family(name: str, model_types: tuple[str, ...], *parts: Part, **facts: object) -> type[Adapter]:
@@ -146,12 +146,12 @@ family(
               config_fields=NO_HEAD_FIELDS),
     MLP(up=("dense_h_to_4h",), down="dense_4h_to_h", config_fields={}),
 )  # fmt: skip
-EXPERTS = "its expert blocks hold a latent projection around the experts that no part describes yet"
+EXPERTS = "through latent projections (moe_latent_size) that no part describes yet"
 
 
 def refuse_experts(has_experts: Callable[[Any], bool], where: str) -> Callable[[Adapter, Any], str | None]:
-    """A ``refusal`` for a family whose config may or may not place experts in its blocks: the dense
-    configs are supported, the others refused with ``where`` the experts sit."""
+    """A ``refusal`` for a family whose config may or may not place experts of an unsupported kind in
+    its blocks: the other configs are supported, those refused with ``where`` the experts sit."""
 
     def refusal(self: Adapter, config: Any) -> str | None:
         if config is not None and has_experts(config):
@@ -187,15 +187,21 @@ family(
     Mamba2Mixer(paths=("mamba", "mamba_decoder.mamba"), config_fields={}),
     MLP(paths=("shared_transformer.feed_forward",), up=("gate_up_proj",), up_factor=2, config_fields={}),
 )
-# Nemotron-H: every block is one mixer (Mamba-2, attention, MLP or experts) at ``mixer``
+# Nemotron-H: every block is one mixer (Mamba-2, attention, MLP or experts with shared experts) at ``mixer``
 family(
     "nemotron_h",
     ("nemotron_h",),
     Mamba2Mixer(paths=("mixer",), config_fields={}),
     Attention(paths=("mixer",)),
     MLP(paths=("mixer",), up=("up_proj",), config_fields={}),
+    MLP(kind="shared_mlp", paths=("mixer.shared_experts",), up=("up_proj",), config_fields={}),
+    Experts(paths=("mixer",), config_fields={}),
     refusal=refuse_experts(
-        lambda c: "moe" in (getattr(c, "layers_block_type", None) or ()), "its 'moe' blocks"
+        lambda c: (
+            getattr(c, "moe_latent_size", None) is not None
+            and "moe" in (getattr(c, "layers_block_type", None) or ())
+        ),
+        "its 'moe' blocks",
     ),
 )
 # Granite-4 hybrid: Mamba-2 or attention blocks, each with a fused gate/up shared MLP (and experts when
@@ -320,3 +326,12 @@ family(
     Experts(paths=("block_sparse_moe", "mlp"), config_fields=MIXTRAL_FIELDS),
 )  # fmt: skip
 family("gpt_oss", ("gpt_oss",), Attention(), Experts(config_fields=MIXTRAL_FIELDS))
+# Jamba: attention and Mamba blocks, each with an MLP or experts (and RMSNorms over dt/B/C in the mixer)
+family(
+    "jamba",
+    ("jamba",),
+    Attention(),
+    MambaMixer(paths=("mamba",), config_fields={}),
+    MLP(paths=("feed_forward",), config_fields={}),
+    Experts(paths=("feed_forward",), config_fields={}),
+)
