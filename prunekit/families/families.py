@@ -291,7 +291,7 @@ DEEPSEEK_FIELDS = {"intermediate_size": "moe_intermediate_size", "num_experts": 
 SHARED = ("mlp.shared_expert", "mlp.shared_experts", "mlp.shared_mlp", "block_sparse_moe.shared_mlp")
 family(
     "mixtral",
-    ("mixtral", "minimax_m2", "mellum", "flex_olmo"),
+    ("mixtral", "minimax_m2", "mellum", "flex_olmo", "mimo_v2_flash"),
     Attention(),
     Experts(config_fields=MIXTRAL_FIELDS),
 )
@@ -311,7 +311,16 @@ family(
 )
 family(
     "shared_experts",
-    ("ernie4_5_moe", "dots1", "glm4_moe", "exaone_moe", "kolibri1", "hy_v3", "solar_open", "cohere2_moe"),
+    (
+        "ernie4_5_moe",
+        "dots1",
+        "glm4_moe",
+        "exaone_moe",
+        "kolibri1",
+        "hy_v3",
+        "solar_open",
+        "cohere2_moe",
+    ),
     Attention(),
     MLP(),
     MLP(kind="shared_mlp", paths=SHARED, config_fields={}),
@@ -319,7 +328,7 @@ family(
 )
 family(
     "granitemoe",
-    ("granitemoe", "granitemoeshared", "phimoe"),
+    ("granitemoe", "granitemoeshared", "granitemoe_swa", "phimoe"),
     Attention(),
     MLP(kind="shared_mlp", paths=("shared_mlp",), up=("input_linear",), down="output_linear", up_factor=2,
         config_fields={}, width_attrs=()),
@@ -334,4 +343,21 @@ family(
     MambaMixer(paths=("mamba",), config_fields={}),
     MLP(paths=("feed_forward",), config_fields={}),
     Experts(paths=("feed_forward",), config_fields={}),
+)
+family(
+    "lfm2_moe",
+    ("lfm2_moe",),
+    Attention(o="out_proj"),
+    MLP(paths=("feed_forward",), up=("w1", "w3"), down="w2"),
+    Experts(paths=("feed_forward",), config_fields=QWEN_FIELDS),
+)
+# Qwen3.5/Qwen3-Next MoE: gated attention and gated DeltaNet blocks, each with experts and a shared expert
+family(
+    "qwen3_5_moe",
+    ("qwen3_5_moe_text", "qwen3_next"),
+    Attention(q_factor=2),
+    MLP(),
+    MLP(kind="shared_mlp", paths=SHARED, config_fields={}),
+    Experts(config_fields=QWEN_FIELDS),
+    opaque_modules=DELTANET,
 )
