@@ -328,7 +328,7 @@ class Adapter:
             records = [sizes[part.kind] for sizes in per_layer if part.kind in sizes]
             for key, attr in part.config_fields.items():
                 values = {r[key] for r in records if isinstance(r.get(key), int)}
-                if len(values) == 1 and hasattr(config, attr):  # a field this config has
+                if len(values) == 1:
                     setattr(config, attr, values.pop())
         config.prunekit_layers = per_layer
 
