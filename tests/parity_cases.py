@@ -196,10 +196,12 @@ def shape_changes(dense: Dense, model: torch.nn.Module) -> dict[str, Any]:
 
 def summary(report, model: torch.nn.Module, dense: Dense) -> dict[str, Any]:
     """The public outcome of a prune call, as JSON: the report's fields (``to_dict`` without the
-    timing), the skipped groups and compensated layers, the tensors reshaped and the config fields the
-    call wrote. (Mask names and every shape are in the fixture's tensors.)"""
+    timing and the per-matrix sparsities its masks give), the skipped groups and compensated layers,
+    the tensors reshaped and the config fields the call wrote. (Mask names and every shape are in the
+    fixture's tensors.)"""
     record = report.to_dict()
     record.pop("seconds")
+    record.pop("layer_sparsity")  # derived from the masks, which the fixture's tensors hold
     record["skipped"] = list(report.skipped)
     record["compensated"] = list(report.compensated)
     record["shape_changes"] = shape_changes(dense, model)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..methods.statistics import ModuleStats, Statistic
+from ..methods.statistics import Statistic
 from . import distributed
 from .stats import StatsCollector
 
@@ -37,11 +37,20 @@ class BlockCall:
     kwargs: dict
     hidden_in_kwargs: bool = False
 
-    def __call__(self, block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        if self.hidden_in_kwargs:
-            out = block(*self.args, **{**self.kwargs, "hidden_states": hidden})
+    def __call__(
+        self, block: torch.nn.Module, hidden: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The block's hidden states for ``hidden``; ``params`` (names relative to the block) stand in
+        for the block's own tensors during the call (``torch.func.functional_call``)."""
+        args, kwargs = (
+            (self.args, {**self.kwargs, "hidden_states": hidden})
+            if self.hidden_in_kwargs
+            else ((hidden, *self.args), self.kwargs)
+        )
+        if params:
+            out = torch.func.functional_call(block, params, args, kwargs, strict=False)
         else:
-            out = block(hidden, *self.args, **self.kwargs)
+            out = block(*args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -151,7 +160,33 @@ def capture_first_inputs(model: torch.nn.Module, first: torch.nn.Module, ids: to
     return box[0]
 
 
-BlockCallback = Callable[[int, torch.nn.Module, dict[str, ModuleStats]], None]
+BlockCallback = Callable[..., None]
+
+
+def _batch_of(batches: list[torch.Tensor], n: int) -> torch.Tensor:
+    """A calibration batch of ``n`` sequences: one of that size, else the first ``n`` of a larger one."""
+    exact = next((b for b in batches if len(b) == n), None)
+    return exact if exact is not None else next(b for b in batches if len(b) > n)[:n]
+
+
+@dataclass
+class BlockIO:
+    """One block's calibration activations, for callbacks that reconstruct the block's outputs.
+
+    ``inputs`` are the batches entering the block (after the pruned blocks before it, in sequential mode),
+    ``outputs`` the block's outputs on them before the callback changed anything, ``dense_outputs`` the
+    dense model's outputs of this block (when tracked). :meth:`run` calls the block as the model did, for
+    a batch of any size the calibration recorded (every batch size, and 1)."""
+
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    dense_outputs: list[torch.Tensor] | None
+    calls: dict[int, BlockCall]
+
+    def run(
+        self, block: torch.nn.Module, hidden: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return self.calls[len(hidden)](block, hidden, params)
 
 
 class BlockStream:
@@ -188,6 +223,8 @@ def run_blockwise(
     desc: str = "calibrating",
     taps: dict | None = None,
     stream: BlockStream | None = None,
+    with_io: bool = False,
+    dense_path: bool = False,
 ) -> None:
     """Run calibration ``ids`` [N, L] block by block, calling ``on_block(index, block, stats)``.
 
@@ -198,6 +235,8 @@ def run_blockwise(
     ``stream`` brings each block's weights in before it runs and takes them out after (offloaded
     models, see :mod:`prunekit.engine.offload`); by default every block is already in memory.
     Under ``torchrun`` each rank calibrates on its shard of ``ids`` and statistics are all-reduced.
+    ``with_io`` passes a :class:`BlockIO` as a fourth argument; ``dense_path`` also carries the dense
+    model's activations along (one more block forward each) for its ``dense_outputs``.
     """
     if mode not in ("sequential", "dense"):
         raise ValueError(f"calibration mode must be 'sequential' or 'dense', got {mode!r}")
@@ -208,11 +247,10 @@ def run_blockwise(
         with distributed.step():  # under torchrun: this rank's rows only; failures shared with peers
             ids = distributed.shard(ids).to(input_device(model))
             batches = list(ids.split(batch_size))
-            sizes = sorted({len(b) for b in batches})
-            calls_by_size = {
-                n: record_block_calls(model, blocks, next(b for b in batches if len(b) == n)) for n in sizes
-            }
+            sizes = sorted({len(b) for b in batches} | ({1} if with_io else set()))
+            calls_by_size = {n: record_block_calls(model, blocks, _batch_of(batches, n)) for n in sizes}
             hidden = [capture_first_inputs(model, blocks[0], b) for b in batches]
+        dense_hidden = list(hidden) if dense_path else None
         for index in tqdm(range(len(blocks)), desc=desc, disable=not progress):
             block = blocks[index]
             with distributed.step():
@@ -225,7 +263,15 @@ def run_blockwise(
             stats = collector.stats()  # all-reduced over ranks
             del collector
             with distributed.step():
-                on_block(index, block, stats)
+                if with_io:
+                    calls = {n: by_block[index] for n, by_block in calls_by_size.items()}
+                    dense_out = None
+                    if dense_hidden is not None:
+                        dense_out = [calls[len(h)](block, h) for h in dense_hidden]
+                    on_block(index, block, stats, BlockIO(hidden, outputs, dense_out, calls))
+                    dense_hidden = dense_out
+                else:
+                    on_block(index, block, stats)
                 if mode == "sequential":
                     outputs = [calls_by_size[len(h)][index](block, h) for h in hidden]
                 stream.offload(index, block)

@@ -17,6 +17,7 @@ import torch
 from ..families import get_adapter
 from ..graph import trace
 from ..spec import PruneSpec, SemiStructured
+from .besa import prune_besa
 from .calibration import BlockStream
 from .experts import ExpertsSplit, check_expert_groups, find_experts, param_masks, split_experts, splits_for
 from .plan import Plan
@@ -82,7 +83,7 @@ def execute(plan: Plan) -> PruneReport:
 
 
 def _unstructured(plan: Plan, report: PruneReport) -> None:
-    result = prune_unstructured(plan)
+    result = prune_besa(plan) if plan.scorer.learns_allocation else prune_unstructured(plan)
     report.masks = param_masks(result.masks, plan.experts)  # experts: one mask per 3-D parameter
     report.errors = result.errors
     report.notes = list(result.notes)

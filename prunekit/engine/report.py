@@ -66,6 +66,12 @@ class PruneReport:
         return totals
 
     @property
+    def layer_sparsity(self) -> dict[str, float]:
+        """Unstructured and N:M: parameter name -> share of its entries pruned (where BESA or OWL put
+        the sparsity, matrix by matrix)."""
+        return {name: float(mask.float().mean()) for name, mask in self.masks.items()}
+
+    @property
     def params_before(self) -> int:
         return sum(r.params_before for r in self.rows)
 
@@ -111,6 +117,7 @@ class PruneReport:
             "notes": list(self.notes),
             "flops_per_token": list(self.flops_per_token),
             "block_sparsity": self.block_sparsity,
+            "layer_sparsity": self.layer_sparsity,
         }
 
     def __str__(self) -> str:

@@ -65,7 +65,7 @@ def matrix_stats(module: torch.nn.Module, stats: ModuleStats | None) -> ModuleSt
     return (stats or ModuleStats()).for_matrix(features_on_rows=isinstance(module, torch.nn.Conv1d))
 
 
-class _Backup:
+class WeightBackup:
     """Original values of every weight touched, restored on failure."""
 
     def __init__(self) -> None:
@@ -89,14 +89,14 @@ def prune_unstructured(plan: Plan) -> UnstructuredResult:
     result, and no in-memory backup is kept: the checkpoint on disk is the backup.
     """
     needs = of_scope(plan.scorer.requires, Scope.BLOCK)
-    per_block = _by_block(plan.model, plan.blocks, plan.targeted)
+    per_block = by_block(plan.model, plan.blocks, plan.targeted)
     if (needs or plan.spec.allocation.name == "owl") and per_block["outside"]:
         outside = ", ".join(sorted(per_block["outside"]))
         raise ValueError(
             f"method {plan.scorer.name!r} needs activation statistics, but {outside} lies outside the blocks"
         )
     result = UnstructuredResult()
-    backup = _Backup()
+    backup = WeightBackup()
     try:
         with split_experts(plan.experts):
             _prune_blocks(plan, per_block, needs, result, backup)
@@ -106,7 +106,9 @@ def prune_unstructured(plan: Plan) -> UnstructuredResult:
     return result
 
 
-def _prune_blocks(plan: Plan, per_block: dict, needs, result: UnstructuredResult, backup: _Backup) -> None:
+def _prune_blocks(
+    plan: Plan, per_block: dict, needs, result: UnstructuredResult, backup: WeightBackup
+) -> None:
     """Full-model statistics first, then the allocation, then every block in order (and what lies
     outside the blocks, which needs no activations)."""
     spec, model, blocks, calibration, progress = (
@@ -121,7 +123,7 @@ def _prune_blocks(plan: Plan, per_block: dict, needs, result: UnstructuredResult
     stream = plan.stream or BlockStream()  # blocks already in memory: onload/offload do nothing
     weights = {name: mod.weight for name, mod in plan.targeted.items()}
     per_param = model_statistics(model, calibration, weights, plan.scorer.requires, progress)
-    result.block_sparsity = _allocation(plan, per_block["inside"])
+    result.block_sparsity = block_allocation(plan, per_block["inside"])
     keep = backup if plan.stream is None else None
     experts = plan.expert_targets
     pruner = _MatrixPruner(plan.scorer, per_param, result, keep, stream, experts if needs else ())
@@ -146,7 +148,7 @@ def _prune_blocks(plan: Plan, per_block: dict, needs, result: UnstructuredResult
         pruner.prune(per_block["outside"], {}, Selection(spec.sparsity, pattern, per_row))
 
 
-def _allocation(plan: Plan, inside: list[dict[str, torch.nn.Module]]) -> dict[int, float]:
+def block_allocation(plan: Plan, inside: list[dict[str, torch.nn.Module]]) -> dict[int, float]:
     """Each block's sparsity: the request everywhere, or OWL's outlier-weighted allocation."""
     spec, alloc = plan.spec, plan.spec.allocation
     if not isinstance(alloc, OWLAllocation):
@@ -216,7 +218,7 @@ class _MatrixPruner:
             keep_mask(name, as_weight(mod, mask))
 
 
-def _by_block(model, blocks, targeted) -> dict:
+def by_block(model, blocks, targeted) -> dict:
     names = {id(m): n for n, m in model.named_modules()}
     prefixes = [names[id(b)] + "." for b in blocks]
     inside: list[dict[str, torch.nn.Module]] = [{} for _ in blocks]

@@ -127,6 +127,11 @@ def _refuse_unused(values: dict[str, Any], kind: str, search: str, scorer: Score
             raise SpecError(
                 f"option {key}={value!r} is only used with {option.needs[0]}={option.needs[1]!r}", key
             )
+    if scorer.learns_allocation and "granularity" in values:
+        raise SpecError(
+            f"option granularity: method {scorer.name!r} learns each row's sparsity (no matrix/row choice)",
+            "granularity",
+        )
     calibrated = reads_statistics(scorer) or values.get("allocation") == "owl"
     if "calibration_mode" in values and not calibrated:
         raise SpecError(

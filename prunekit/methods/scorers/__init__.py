@@ -1,6 +1,7 @@
 """Scorer registry. Adding a method is adding one module here that calls :func:`register_scorer`."""
 
 from . import (  # noqa: F401  (each registers itself)
+    besa,
     flap,
     gblm,
     magnitude,

@@ -64,6 +64,8 @@ class Scorer:
     default_granularity: str = "matrix"
     #: option name -> default; unknown options are refused by ``prunekit.prune``
     options: dict[str, object] = {}
+    #: the method learns each row's sparsity by reconstructing block outputs (BESA's executor runs it)
+    learns_allocation: bool = False
 
     def __init__(self, **options) -> None:
         unknown = set(options) - set(self.options)
