@@ -356,3 +356,23 @@ def test_report_shows_layer_sparsities():
     assert set(layers) == set(report.masks)
     for name, value in layers.items():
         assert value == pytest.approx(float((model.get_parameter(name) == 0).float().mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bamba", "granitemoehybrid", "jamba", "qwen2_moe", "falcon_h1"])
+def test_other_families_meet_the_target_block_by_block(family):
+    """Conv1D (GPT-2), attention + Mamba-2 hybrids, MoE with shared experts, Jamba's Mamba + experts."""
+    from family_configs import build
+
+    model = build(family)
+    ids = _calibration(vocab=model.config.vocab_size, n=4, length=16)
+    report = prunekit.prune(model, method="besa", sparsity=0.5, calibration=ids, epochs=1)
+    per_block: dict[int, list[int]] = {}
+    for name, mask in report.masks.items():
+        block = int(name.split(".h.")[-1].split(".layers.")[-1].split(".")[0])
+        tally = per_block.setdefault(block, [0, 0])
+        tally[0] += mask.numel()
+        tally[1] += int(mask.sum())
+        assert bool((model.get_parameter(name)[mask] == 0).all())
+    assert per_block and all(zeros == int(0.5 * total + 1e-9) for total, zeros in per_block.values())
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids[:1], use_cache=False).logits).all()

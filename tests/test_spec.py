@@ -22,6 +22,7 @@ _METHODS = {
     "flap": ("structured",),
     "wanda-sp": ("structured",),
     "seap": ("structured",),
+    "besa": ("unstructured",),
 }
 _TEXT = {"n_samples": st.integers(1, 64), "seq_len": st.integers(2, 512), "seed": st.integers(0, 99)}
 
@@ -35,7 +36,7 @@ def requests(draw):
     if draw(st.booleans()):
         options["batch_size"] = draw(st.integers(1, 16))
     if structure == "unstructured":
-        if draw(st.booleans()):
+        if method != "besa" and draw(st.booleans()):
             options["granularity"] = draw(st.sampled_from(["matrix", "row"]))
         if draw(st.booleans()):
             options["allocation"] = "owl"
@@ -47,6 +48,11 @@ def requests(draw):
         options.setdefault("calibration_mode", draw(st.sampled_from(["sequential", "dense"])))
     if method == "sparsegpt" and draw(st.booleans()):
         options["damp"] = draw(st.sampled_from([0.02, 0.05]))
+    if method == "besa":
+        besa = {"step": [0.05, 0.1], "importance": ["magnitude", "sparsegpt"], "epochs": [2], "lr": [0.1]}
+        options.update({k: draw(st.sampled_from(v)) for k, v in besa.items() if draw(st.booleans())})
+        if draw(st.booleans()):
+            options["smooth"] = draw(st.booleans())
     sparsity = None if ":" in structure or draw(st.booleans()) else draw(st.sampled_from([0.1, 0.25, 0.5]))
     implied = structure if draw(st.booleans()) or method in ("flap", "seap", "wanda-sp") else None
     if implied is None and structure != ("structured" if method in ("flap", "seap") else "unstructured"):
@@ -155,6 +161,10 @@ BAD = [
     (("flap", 0.3, None, None, None, {"structure_search": "per-layer"}), "structure_search"),
     (("wanda", 1.5, None, None, None, {}), "sparsity"),
     (("flap", 0.3, None, None, None, {"metric": "XYZ"}), "options"),
+    (("besa", 0.5, None, None, None, {"step": 0.03}), "options"),
+    (("besa", 0.5, None, None, None, {"beta": -1.0}), "options"),
+    (("besa", 0.5, "2:4", None, None, {}), "structure"),
+    (("besa", 0.5, None, None, None, {"granularity": "row"}), "granularity"),
 ]
 
 

@@ -86,7 +86,7 @@ def test_sweep_rows_equal_single_runs_and_files_are_written(tmp_path, text_file)
         ("wanda-sp", 0.6),
     ]
     for row in rows:
-        assert list(row) == list(COLUMNS) and row["error"] == ""
+        assert list(row) == [*COLUMNS, "layer_sparsity"] and row["error"] == ""
         report, ppl, js, dense_ppl = _single_run(row["method"], row["sparsity"], text_file)
         assert row["structure"] == report.structure
         assert _close(row["ppl"], ppl) and _close(row["js"], js) and _close(row["ppl_dense"], dense_ppl)
@@ -223,3 +223,24 @@ def test_sweep_leaves_a_passed_model_untouched(text_file):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sweep((model, tok), ["magnitude"], [0.5], text=text_file, progress=False, **SETTINGS)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_uneven_allocations_get_a_figure_of_sparsity_by_matrix(tmp_path, text_file):
+    out = tmp_path / "sweep"
+    rows = sweep(
+        CountingFactory(),
+        ["wanda", "besa"],
+        [0.5],
+        text=text_file,
+        out_dir=out,
+        progress=False,
+        method_options={"besa": {"lr": 0.2, "epochs": 3}},
+        **SETTINGS,
+    )
+    assert not any(r["error"] for r in rows)
+    besa = next(r for r in rows if r["method"] == "besa")
+    shares = besa["layer_sparsity"]
+    assert max(shares.values()) - min(shares.values()) > 1e-3
+    png = (out / "layers-besa-unstructured-0.5.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("layers-wanda-*"))  # every matrix of a Wanda point has the same share

@@ -181,8 +181,10 @@ class _BlockTrainer:
         return out
 
     def _train(self, index, block, io, samples, layers, adapters, weights, target) -> None:
-        params = [r.logits for r in layers.values()] + [p for a in adapters.values() for p in a.parameters()]
-        optimizer = _optimizer(self.plan.scorer, params)
+        logits = [r.logits for r in layers.values()]
+        lora = [p for a in adapters.values() for p in a.parameters()]
+        params = logits + lora
+        optimizer = _optimizer(self.plan.scorer, logits, lora)
         beta, steps = float(self.config["beta"]), int(self.config["epochs"]) * len(samples)
         bar = tqdm(total=steps, desc=f"besa block {index}", disable=not self.plan.spec.progress, leave=False)
         with torch.enable_grad():
@@ -229,12 +231,17 @@ def _relative_error(block, io: BlockIO, samples, weights: dict[str, torch.Tensor
     return num / den if den else 0.0
 
 
-def _optimizer(scorer: Scorer, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW (no weight decay) or Prodigy (the optional ``prodigyopt`` package), at the scorer's lr."""
-    lr = scorer.learning_rate
+def _optimizer(scorer: Scorer, logits: list, lora: list) -> torch.optim.Optimizer:
+    """AdamW (no weight decay) or Prodigy (the optional ``prodigyopt`` package): the logits at the
+    scorer's ``lr``, the adapters at ``lora_lr`` (weights need far smaller steps than logits)."""
+    groups = [{"params": logits, "lr": scorer.learning_rate}]
+    if lora:
+        groups.append({"params": lora, "lr": float(scorer.config["lora_lr"])})
     if scorer.config["optimizer"] == "prodigy":
-        return importlib.import_module("prodigyopt").Prodigy(params, lr=lr, weight_decay=0.0)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        return importlib.import_module("prodigyopt").Prodigy(
+            groups, lr=scorer.learning_rate, weight_decay=0.0
+        )
+    return torch.optim.AdamW(groups, lr=scorer.learning_rate, weight_decay=0.0)
 
 
 class _LowRank(torch.nn.Module):

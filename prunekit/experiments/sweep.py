@@ -29,6 +29,7 @@ from ..data import calibration_ids, eval_windows
 from ..eval.perplexity import js_divergence, perplexity
 from ..models import load
 from ..spec import build_spec, scorer_class
+from .layer_plot import is_uneven, plot_layer_sparsity
 
 __all__ = ["sweep", "structure_for", "COLUMNS"]
 
@@ -96,8 +97,11 @@ def sweep(
     ``options`` go to every :func:`prunekit.prune` call (pruner options such as ``allocation``, or
     scorer options every method knows); ``method_options[method]`` adds options for one method.
 
+    Each row also holds ``layer_sparsity`` (parameter -> pruned share, from the report; not in the CSV).
     With ``out_dir`` it writes ``sweep.csv`` (full precision), ``sweep.md`` (a table) and ``sweep.png``
-    (perplexity against requested sparsity, one line per method, log scale, dense dashed).
+    (perplexity against requested sparsity, one line per method, log scale, dense dashed), and for
+    every point whose matrices got different shares (BESA, OWL) ``layers-<method>-<structure>-<s>.png``
+    (each matrix's share by block).
 
     A point whose pruning or evaluation raises is kept with ``error`` set and empty numbers.
 
@@ -125,7 +129,7 @@ def sweep(
             {**options, **method_options.get(method, {})},
         )  # fmt: skip
         row["ppl_dense"] = dense_ppl
-        rows.append({key: row.get(key) for key in COLUMNS})
+        rows.append({**{key: row.get(key) for key in COLUMNS}, "layer_sparsity": row.get("layer_sparsity")})
     bar.close()
 
     if out_dir is not None:
@@ -214,6 +218,7 @@ def _point(
             params_after=report.params_after,
             param_ratio=report.params_after / report.params_before if report.params_before else None,
             prune_seconds=report.seconds,
+            layer_sparsity=report.layer_sparsity,
         )
         t0 = time.perf_counter()
         row["ppl"] = perplexity(pruned, windows, batch_size=batch_size)
@@ -239,6 +244,12 @@ def write_outputs(
             writer.writerow({k: "" if row.get(k) is None else csv_value(row[k]) for k in COLUMNS})
     (out_dir / "sweep.md").write_text(markdown_table(rows, dense_ppl, settings), encoding="utf-8")
     plot(rows, dense_ppl, out_dir / "sweep.png", title=settings.get("model", ""))
+    for row in rows:
+        shares = row.get("layer_sparsity") or {}
+        if is_uneven(shares):
+            name = f"layers-{row['method']}-{row['structure'].replace(':', 'of')}-{row['sparsity']:g}.png"
+            title = f"{row['method']} {row['structure']} {row['sparsity']:g}: sparsity by matrix"
+            plot_layer_sparsity(shares, out_dir / name, title=title)
 
 
 def csv_value(value: Any) -> Any:

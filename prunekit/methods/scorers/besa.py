@@ -39,6 +39,7 @@ class BESA(Scorer):
         "reference": "pruned",
         "smooth": True,
         "lora_rank": 0,
+        "lora_lr": 1e-4,
     }
 
     def __init__(self, **options) -> None:
@@ -54,11 +55,12 @@ class BESA(Scorer):
         beta = c["beta"]
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
             raise ValueError(f"besa option beta must be a number >= 0, got {beta!r}")
-        lr = c["lr"]
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-            raise ValueError(
-                f"besa option lr must be a number > 0 (or None: the optimizer's default), got {lr!r}"
-            )
+        for key in ("lr", "lora_lr"):
+            value = c[key]
+            if (value is not None or key == "lora_lr") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            ):
+                raise ValueError(f"besa option {key} must be a number > 0, got {value!r}")
         if not isinstance(c["smooth"], bool):
             raise ValueError(f"besa option smooth must be True or False, got {c['smooth']!r}")
         if c["optimizer"] == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
