@@ -376,3 +376,26 @@ def test_other_families_meet_the_target_block_by_block(family):
     assert per_block and all(zeros == int(0.5 * total + 1e-9) for total, zeros in per_block.values())
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids[:1], use_cache=False).logits).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "mamba2"])
+def test_offloaded_besa_equals_in_memory(tmp_path, arch):
+    from transformers import AutoModelForCausalLM
+
+    from prunekit import prune_offloaded
+    from prunekit.io.load import load_masks
+    from prunekit.refmodels.configs import reference_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(reference_config(arch, 300, "micro")).eval()
+    model.save_pretrained(tmp_path / "src")
+    ids = torch.randint(3, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    in_memory = copy.deepcopy(model)
+    report = prunekit.prune(in_memory, method="besa", sparsity=0.5, calibration=ids, lr=0.1)
+    prune_offloaded(tmp_path / "src", tmp_path / "out", "besa", 0.5, calibration=ids, device="cpu", lr=0.1)
+    masks = load_masks(tmp_path / "out")
+    assert masks.keys() == report.masks.keys()
+    assert all(torch.equal(masks[k], report.masks[k]) for k in masks)
+    want = in_memory.state_dict()
+    reloaded = prunekit.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(v, want[k]) for k, v in reloaded.state_dict().items())

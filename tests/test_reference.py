@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from prunekit.cli import main
 from prunekit.data import default_text, eval_windows
 from prunekit.eval import perplexity
+from prunekit.families.mamba_scan import _LinearRecurrence, linear_mamba_scan
 from prunekit.refmodels import ARCHS, load_corpus, parameter_counts, train_reference, train_tokenizer
-from prunekit.refmodels.fast_scan import _LinearRecurrence, linear_mamba_scan
 from prunekit.refmodels.train import _data_order
 
 SEQ = 32

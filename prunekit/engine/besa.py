@@ -14,6 +14,9 @@ trains the logits (and, with ``lora_rank``, low-rank adapters merged before the 
 learned row sparsities are then rounded so that the block prunes exactly ``int(s* · weights)`` weights
 (:func:`~prunekit.methods.besa.exact_counts`), and the block's weights are written once.
 
+Training runs Mamba-1 blocks through the project's linear-time CPU scan (the stock one's backward is
+quadratic in the sequence length); Mamba-2 and attention run as transformers computes them.
+
 Only the logits and adapters receive gradients (``torch.autograd.grad``): the model's own parameters,
 their ``requires_grad`` and their ``.grad`` are never touched. Every weight written is backed up and
 restored if anything fails later in the run.
@@ -27,6 +30,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from ..families.mamba_scan import linear_mamba_scan
 from ..methods.besa import RowSparsity, block_sparsity, exact_counts, ranks, smooth_range, sparsity_penalty
 from ..methods.scorers import Scorer, get_scorer
 from ..methods.statistics import ModuleStats, Scope, of_scope
@@ -187,7 +191,8 @@ class _BlockTrainer:
         optimizer = _optimizer(self.plan.scorer, logits, lora)
         beta, steps = float(self.config["beta"]), int(self.config["epochs"]) * len(samples)
         bar = tqdm(total=steps, desc=f"besa block {index}", disable=not self.plan.spec.progress, leave=False)
-        with torch.enable_grad():
+        # transformers' CPU Mamba-1 scan has an O(L²) backward; the linear-time one computes the same
+        with torch.enable_grad(), linear_mamba_scan():
             for _epoch in range(int(self.config["epochs"])):
                 for x, y in samples:
                     sparsity = block_sparsity(list(layers.values()))

@@ -13,7 +13,7 @@ Everything that could differ between architectures is fixed by the arguments and
 
 Measured on the 2-core development machine while other jobs shared it (so pessimistic), training
 throughput at ``seq_len=256``, batch 4, one thread: Llama ~1,520 tokens/s, Mamba-2 ~540 tokens/s,
-Mamba-1 ~210 tokens/s (with :mod:`prunekit.refmodels.fast_scan`; transformers' stock CPU scan has a
+Mamba-1 ~210 tokens/s (with :mod:`prunekit.families.mamba_scan`; transformers' stock CPU scan has a
 quadratic backward and managed under 20 tokens/s).  Mamba-1 bounds the shared budget: the default
 :data:`DEFAULT_TOKENS` (229,376 tokens, 224 steps of 4 x 256) takes about 18 minutes for Mamba-1
 (+1 for the final evaluation), 7 for Mamba-2 and 2.5 for Llama, so the three fit in ~20 minutes on two
@@ -37,9 +37,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from prunekit.eval import perplexity
 
+from ..families.mamba_scan import linear_mamba_scan
 from .configs import check_arch, count_parameters, reference_config
 from .corpus import Corpus, load_corpus
-from .fast_scan import linear_mamba_scan
 from .tokenizer import has_tokenizer, load_or_train_tokenizer, save_tokenizer
 
 __all__ = ["train_reference", "DEFAULT_SEQ_LEN", "DEFAULT_TOKENS", "DEFAULT_BATCH_SIZE", "DEFAULT_LR"]

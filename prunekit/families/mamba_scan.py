@@ -1,4 +1,5 @@
-"""A linear-time CPU training scan for transformers' Mamba-1, swapped in only while training.
+"""A linear-time CPU training scan for transformers' Mamba-1, swapped in only while training
+(reference-model training, BESA's block training).
 
 Without the ``mamba_ssm`` CUDA kernels, transformers runs Mamba-1's selective scan as a Python loop
 that reads step ``t`` with ``tensor[:, :, t]``.  That is fine for inference, but autograd turns every
