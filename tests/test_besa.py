@@ -293,6 +293,7 @@ def _unchanged_after(model, error, **options):
         ({"sparsity": 0.5, "structure": "2:4"}, "structure"),
         ({"sparsity": 0.5, "row_block": 5}, "row_block=5 does not divide"),
         ({"sparsity": 0.85}, "smooth=False"),
+        ({"sparsity": 0.5, "spread": 0.0}, "spread"),
     ],
 )  # fmt: skip
 def test_bad_options_are_named_and_leave_the_model_unchanged(options, words):
@@ -344,9 +345,32 @@ def test_prodigy_without_the_package_is_refused(monkeypatch):
         )
 
 
-def test_smooth_range_brackets_one_half():
-    lo, hi = smooth_range(0.01)
-    assert 0 < lo < 0.5 < hi < 1 and abs((lo + hi) - 1) < 1e-9
+def test_smooth_range_brackets_one_half_and_widens_with_spread():
+    ranges = [smooth_range(0.01, spread) for spread in (1.0, 2.0, 4.0)]
+    for lo, hi in ranges:
+        assert 0 < lo < 0.5 < hi < 1 and abs((lo + hi) - 1) < 1e-9
+    assert ranges[0][1] < ranges[1][1] < ranges[2][1]
+
+
+@pytest.mark.parametrize("spread", [1.0, 2.0])
+def test_rows_stay_inside_the_smooth_range(spread):
+    r = _row_sparsity(6, 50, 0.01, 1, 0, smooth=True)
+    r.spread = spread
+    with torch.no_grad():
+        r.logits.copy_(torch.linspace(40, -40, r.logits.shape[1]).expand_as(r.logits))  # all on 1.0
+    lo, hi = smooth_range(0.01, spread)
+    assert float(r.row_sparsities().detach().max()) <= hi + 1e-6
+    with torch.no_grad():
+        r.logits.neg_()
+    assert float(r.row_sparsities().detach().min()) >= lo - 1e-6
+
+
+def test_a_wider_spread_reaches_targets_the_reference_range_refuses():
+    model = make_tiny_llama()
+    report = prunekit.prune(
+        model, method="besa", sparsity=0.7, calibration=_calibration(), spread=2.0, epochs=1
+    )
+    assert report.achieved == pytest.approx(0.7, abs=1e-3)
 
 
 def test_report_shows_layer_sparsities():

@@ -102,12 +102,13 @@ def _check_targets(targets: dict[int, float], scorer: Scorer) -> None:
     """With sigmoid smoothing a row's expected sparsity stays inside :func:`smooth_range`."""
     if not scorer.config["smooth"]:
         return
-    lo, hi = smooth_range(float(scorer.config["step"]))
+    lo, hi = smooth_range(float(scorer.config["step"]), float(scorer.config["spread"]))
     outside = {i: s for i, s in targets.items() if s > 0 and not lo < s < hi}
     if outside:
+        shown = {i: round(s, 4) for i, s in outside.items()}
         raise ValueError(
-            f"besa with smooth=True learns row sparsities inside ({lo:.3f}, {hi:.3f}); block targets "
-            f"{ {i: round(s, 4) for i, s in outside.items()} } lie outside: pass smooth=False"
+            f"besa with smooth=True and spread={scorer.config['spread']} learns row sparsities inside "
+            f"({lo:.3f}, {hi:.3f}); block targets {shown} lie outside: raise spread or pass smooth=False"
         )
 
 
@@ -166,7 +167,9 @@ class _BlockTrainer:
             importance = get_scorer("magnitude")
         scores = importance.weight_scores(as_matrix(mod).detach(), st)
         c = self.config
-        return RowSparsity(ranks(scores), float(c["step"]), int(c["row_block"]), bool(c["smooth"]))
+        return RowSparsity(
+            ranks(scores), float(c["step"]), int(c["row_block"]), bool(c["smooth"]), float(c["spread"])
+        )
 
     def _adapters(self, layers: dict[str, RowSparsity], index: int) -> dict[str, _LowRank]:
         """LoRA adapters of rank ``lora_rank`` for every matrix with both sides above it (noted otherwise)."""

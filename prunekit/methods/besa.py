@@ -1,8 +1,9 @@
 """BESA's learnable row sparsities (Xu et al., ICLR 2024): the mathematics, without any model.
 
 Every row (or block of ``row_block`` consecutive rows) of a weight matrix holds logits over candidate
-sparsities ``1, 1 - step, ..., 0``. Their softmax ``p`` (of ``sigmoid(logits)`` with ``smooth``, as the
-paper's code does, which keeps every row within a moderate range) gives the row's expected sparsity
+sparsities ``1, 1 - step, ..., 0``. Their softmax ``p`` (of ``spread · sigmoid(logits)`` with ``smooth``,
+as the paper's code does with spread 1, which keeps every row within a moderate range: see
+:func:`smooth_range`) gives the row's expected sparsity
 ``p · candidates``. The weights of a row are ranked once by an importance score (rank 0 is the least
 important); candidate ``c`` prunes the ``floor(D·c)`` lowest ranks of a row of ``D`` weights.
 
@@ -42,24 +43,25 @@ def candidates(step: float) -> torch.Tensor:
     return torch.arange(n, -1, -1, dtype=torch.float64) / n
 
 
-def smooth_range(step: float) -> tuple[float, float]:
-    """The expected sparsities a sigmoid-smoothed row can approach: softmax of values in (0, 1) weighs
-    candidates within a factor e of each other, so the extremes put weight e on one side of a threshold."""
+def smooth_range(step: float, spread: float = 1.0) -> tuple[float, float]:
+    """The expected sparsities a sigmoid-smoothed row can approach: softmax of values in (0, spread)
+    weighs candidates within a factor e^spread of each other, so the extremes put that weight on one
+    side of a threshold."""
     c = candidates(step)
-    best_hi, best_lo = 0.0, 1.0
+    best_hi, best_lo, heavy = 0.0, 1.0, math.exp(spread)
     for t in range(1, len(c)):
         w = torch.ones_like(c)
-        w[:t] = math.e  # the t highest candidates
+        w[:t] = heavy  # the t highest candidates
         best_hi = max(best_hi, float((w * c).sum() / w.sum()))
         w = torch.ones_like(c)
-        w[t:] = math.e  # the lowest ones
+        w[t:] = heavy  # the lowest ones
         best_lo = min(best_lo, float((w * c).sum() / w.sum()))
     return best_lo, best_hi
 
 
-def probabilities(logits: torch.Tensor, smooth: bool) -> torch.Tensor:
-    """``softmax(sigmoid(logits))`` (``smooth``) or ``softmax(logits)`` over the last dim."""
-    return (logits.sigmoid() if smooth else logits).softmax(dim=-1)
+def probabilities(logits: torch.Tensor, smooth: bool, spread: float = 1.0) -> torch.Tensor:
+    """``softmax(spread · sigmoid(logits))`` (``smooth``) or ``softmax(logits)`` over the last dim."""
+    return (logits.sigmoid() * spread if smooth else logits).softmax(dim=-1)
 
 
 def ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -84,13 +86,19 @@ class RowSparsity(torch.nn.Module):
     """
 
     def __init__(
-        self, rank: torch.Tensor, step: float = 0.01, row_block: int = 1, smooth: bool = True
+        self,
+        rank: torch.Tensor,
+        step: float = 0.01,
+        row_block: int = 1,
+        smooth: bool = True,
+        spread: float = 1.0,
     ) -> None:
         super().__init__()
         rows, columns = rank.shape
         if row_block < 1 or rows % row_block:
             raise ValueError(f"row_block {row_block} does not divide the matrix's {rows} rows")
-        self.rows, self.columns, self.row_block, self.smooth = rows, columns, row_block, smooth
+        self.rows, self.columns, self.row_block = rows, columns, row_block
+        self.smooth, self.spread = smooth, spread
         cands = candidates(step)
         self.register_buffer("cands", cands.float())
         self.register_buffer("rank", rank)
@@ -98,7 +106,7 @@ class RowSparsity(torch.nn.Module):
         self.logits = torch.nn.Parameter(torch.zeros(rows // row_block, len(cands), device=rank.device))
 
     def probabilities(self) -> torch.Tensor:
-        return probabilities(self.logits, self.smooth)
+        return probabilities(self.logits, self.smooth, self.spread)
 
     def block_sparsities(self) -> torch.Tensor:
         """Expected sparsity of every block of rows, ``p · candidates``."""

@@ -38,6 +38,7 @@ class BESA(Scorer):
         "lr": None,
         "reference": "pruned",
         "smooth": True,
+        "spread": 1.0,
         "lora_rank": 0,
         "lora_lr": 1e-4,
     }
@@ -61,6 +62,9 @@ class BESA(Scorer):
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
             ):
                 raise ValueError(f"besa option {key} must be a number > 0, got {value!r}")
+        spread = c["spread"]
+        if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not 0 < spread <= 50:
+            raise ValueError(f"besa option spread must be a number in (0, 50], got {spread!r}")
         if not isinstance(c["smooth"], bool):
             raise ValueError(f"besa option smooth must be True or False, got {c['smooth']!r}")
         if c["optimizer"] == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
