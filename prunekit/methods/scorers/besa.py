@@ -7,6 +7,10 @@ itself is an executor of the engine (``prunekit.engine.besa``), which every scor
 ``learns_allocation`` runs instead of the layer-wise one.
 
 N:M is refused: the pattern fixes every row's sparsity, so there is nothing to learn.
+
+The paper's code trains with Prodigy (lr 1), whose step size adapts; its AdamW alternative uses lr 1e-2.
+Without Prodigy (an optional package) AdamW is the default here, at lr 0.1: on SmolLM2-135M at 50 %
+it gave 73.2 perplexity on *Emma* against 74.1 at 1e-2 and 73.7 at 0.3 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from ..besa import candidate_count
 from .base import Scorer, get_scorer, register_scorer
 
 IMPORTANCES = ("wanda", "magnitude", "sparsegpt")
-OPTIMIZERS = {"adamw": 1e-2, "prodigy": 1.0}  # name -> default learning rate (the paper's code)
+OPTIMIZERS = {"adamw": 0.1, "prodigy": 1.0}  # name -> default learning rate (see the module docstring)
 REFERENCES = ("pruned", "dense")
 
 
