@@ -5,8 +5,9 @@ by blank lines, ``--calib`` windows of 256 tokens at ``torch.randint`` offsets s
 same-work calibration of the issues' reference figures). Evaluation: the default text's held-out split
 (``prunekit.data.eval_windows``, in-domain), the same-work windows (the first 32 non-overlapping
 256-token windows of ``../shared/data/austen_emma.txt``, where the reference Wanda gives 75.81 and the
-reference SparseGPT 90.74, dense 36.52), and the held-out second half of *Emma*. Every point runs in
-its own subprocess so that its peak RSS is its own.
+reference SparseGPT 90.74, dense 36.52), and the held-out second half of *Emma* (the held-out
+evaluations capped at ``--eval-windows`` windows of 256 tokens). Every point runs in its own
+subprocess so that its peak RSS is its own.
 
     python benchmarks/besa.py                                   # dense, wanda, sparsegpt, besa
     python benchmarks/besa.py --calib 128 --points wanda "besa:lr=0.1"
@@ -45,7 +46,7 @@ def parse_point(point: str) -> tuple[str | None, dict]:
     return method, options
 
 
-def run_point(point: str, calib: int) -> dict:
+def run_point(point: str, calib: int, windows: int) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -71,10 +72,10 @@ def run_point(point: str, calib: int) -> dict:
         out["achieved"] = report.achieved
         shares = list(report.layer_sparsity.values())
         out["matrix_share_range"] = [min(shares), max(shares)]
-    out["ppl_default"] = perplexity(model, eval_windows(tok, seq_len=256))
+    out["ppl_default"] = perplexity(model, eval_windows(tok, seq_len=256, max_windows=windows))
     if EMMA.exists():
         out["ppl_emma_same_work"] = window_perplexity(model, same_work_eval(tok, EMMA))
-        held = eval_windows(tok, seq_len=256, source=str(EMMA), calib_fraction=0.5)
+        held = eval_windows(tok, seq_len=256, max_windows=windows, source=str(EMMA), calib_fraction=0.5)
         out["ppl_emma_second_half"] = perplexity(model, held)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -86,14 +87,16 @@ def main() -> None:
     )
     parser.add_argument("--points", nargs="*", default=DEFAULT_POINTS)
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of 256 tokens")
+    parser.add_argument("--eval-windows", type=int, default=64, help="cap of the held-out evaluations")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_point(args.one, args.calib)))
+        print(json.dumps(run_point(args.one, args.calib, args.eval_windows)))
         return
     rows = []
     for point in args.points:
         cmd = [sys.executable, __file__, "--one", point, "--calib", str(args.calib)]
+        cmd += ["--eval-windows", str(args.eval_windows)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"done {point}: {rows[-1]}", file=sys.stderr, flush=True)
