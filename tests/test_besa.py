@@ -294,6 +294,8 @@ def _unchanged_after(model, error, **options):
         ({"sparsity": 0.5, "row_block": 5}, "row_block=5 does not divide"),
         ({"sparsity": 0.85}, "smooth=False"),
         ({"sparsity": 0.5, "spread": 0.0}, "spread"),
+        ({"sparsity": 0.5, "lora_lr": 1e-3}, "lora_rank"),
+        ({"sparsity": 0.5, "spread": 2.0, "smooth": False}, "smooth=True"),
     ],
 )  # fmt: skip
 def test_bad_options_are_named_and_leave_the_model_unchanged(options, words):
@@ -423,3 +425,26 @@ def test_offloaded_besa_equals_in_memory(tmp_path, arch):
     want = in_memory.state_dict()
     reloaded = prunekit.from_pretrained(tmp_path / "out")
     assert all(torch.equal(v, want[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_zero_sparsity_changes_nothing_and_reports_empty_masks():
+    model = make_tiny_llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = prunekit.prune(model, method="besa", sparsity=0.0, calibration=_calibration())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert report.masks and not any(bool(m.any()) for m in report.masks.values())
+
+
+def test_layer_figure_groups_matrices_by_kind_and_block():
+    from prunekit.experiments.layer_plot import by_kind
+
+    shares = {
+        "model.layers.0.self_attn.q_proj.weight": 0.4,
+        "model.layers.1.self_attn.q_proj.weight": 0.6,
+        "model.layers.1.mlp.experts.gate_up_proj": 0.5,
+        "lm_head.weight": 0.1,
+    }
+    assert by_kind(shares) == {
+        "self_attn.q_proj.weight": {0: 0.4, 1: 0.6},
+        "mlp.experts.gate_up_proj": {1: 0.5},
+    }

@@ -75,7 +75,7 @@ def prune_besa(plan: Plan) -> UnstructuredResult:
             trainer = _BlockTrainer(plan, per_block["inside"], result, backup)
             run_blockwise(
                 plan.model, plan.blocks, plan.calibration, per_block["inside"], scorer.requires,
-                on_block=trainer, mode=plan.spec.calibration.mode or "sequential",
+                on_block=trainer, mode=plan.spec.calibration.mode,
                 batch_size=plan.spec.calibration.batch_size, progress=plan.spec.progress, desc="besa blocks",
                 taps=plan.taps, stream=plan.stream, with_io=True,
                 dense_path=scorer.config["reference"] == "dense",
@@ -128,7 +128,12 @@ class _BlockTrainer:
     ) -> None:
         target = self.result.block_sparsity[index]
         mods = self.inside[index]
-        if not mods or target <= 0:
+        if target <= 0:
+            keep_mask = self.stream.keep_mask if self.backup is None else self.result.masks.__setitem__
+            for name, mod in mods.items():
+                keep_mask(name, torch.zeros_like(mod.weight, dtype=torch.bool))
+            return
+        if not mods:
             return
         prefix = self.plan.layer_names[index] + "."
         stats = per_sequence(stats, self.plan.expert_targets, self.plan.calibration)
@@ -153,7 +158,8 @@ class _BlockTrainer:
             counts = exact_counts([r.row_sparsities() for r in rows], [r.columns for r in rows], target)
             final = dict(zip(layers, counts))
             new = weights(final)
-            self.result.errors[self.plan.layer_names[index]] = _relative_error(block, io, samples, new)
+            batches = list(zip(io.inputs, targets))
+            self.result.errors[self.plan.layer_names[index]] = _relative_error(block, io, batches, new)
             self._write(mods, layers, final, new, prefix)
 
     def _row_sparsity(self, name: str, mod: torch.nn.Module, stats: ModuleStats | None) -> RowSparsity:
@@ -174,16 +180,16 @@ class _BlockTrainer:
     def _adapters(self, layers: dict[str, RowSparsity], index: int) -> dict[str, _LowRank]:
         """LoRA adapters of rank ``lora_rank`` for every matrix with both sides above it (noted otherwise)."""
         rank = int(self.config["lora_rank"])
-        out = {}
+        out: dict[str, _LowRank] = {}
+        if not rank:
+            return out
+        seed = self.plan.spec.calibration.seed * 1000 + index
         for name, r in layers.items():
-            if not rank:
-                break
             if rank >= min(r.rows, r.columns):
                 self.result.notes.append(
                     f"{name}: {r.rows}x{r.columns} is too small for lora_rank={rank}; no adapter"
                 )
                 continue
-            seed = self.plan.spec.calibration.seed * 1000 + index
             out[name] = _LowRank(r.rows, r.columns, rank, seed + len(out), r.logits.device)
         return out
 
@@ -229,10 +235,10 @@ def reconstruction_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (((y - out.reshape(y.shape).float()) / scale) ** 2).sum() / y.shape[-1]
 
 
-def _relative_error(block, io: BlockIO, samples, weights: dict[str, torch.Tensor]) -> float:
-    """||Y - Ŷ||² / ||Y||² over the calibration sequences, with the final weights."""
+def _relative_error(block, io: BlockIO, batches, weights: dict[str, torch.Tensor]) -> float:
+    """||Y - Ŷ||² / ||Y||² over the calibration batches, with the final weights."""
     num = den = 0.0
-    for x, y in samples:
+    for x, y in batches:
         out = io.run(block, x, weights).float()
         num += float(((y.float() - out) ** 2).sum())
         den += float((y.float() ** 2).sum())

@@ -14,11 +14,11 @@ _BLOCK = re.compile(r"\.(\d+)\.(.+)$")
 
 
 def by_kind(layer_sparsity: Mapping[str, float]) -> dict[str, dict[int, float]]:
-    """``{"self_attn.q_proj.weight": {block: share}}`` from parameter names ``<...>.<block>.<path>``;
-    names without a block index are left out."""
+    """``{"self_attn.q_proj.weight": {block: share}}`` from parameter names ``<blocks>.<index>.<path>``
+    (the first dotted number is the block's); names without one are left out."""
     out: dict[str, dict[int, float]] = {}
     for name, share in layer_sparsity.items():
-        match = _BLOCK.search(name.split(".layers.")[-1] if ".layers." in name else name)
+        match = _BLOCK.search(name)  # the first ".<index>." is the block's
         if match is None:
             continue
         block, kind = int(match.group(1)), match.group(2)

@@ -71,6 +71,10 @@ class BESA(Scorer):
             raise ValueError(f"besa option spread must be a number in (0, 50], got {spread!r}")
         if not isinstance(c["smooth"], bool):
             raise ValueError(f"besa option smooth must be True or False, got {c['smooth']!r}")
+        if "lora_lr" in options and not c["lora_rank"]:
+            raise ValueError("besa option lora_lr is only used with lora_rank > 0")
+        if "spread" in options and not c["smooth"]:
+            raise ValueError("besa option spread is only used with smooth=True")
         if c["optimizer"] == "prodigy" and importlib.util.find_spec("prodigyopt") is None:
             raise ValueError(
                 "besa option optimizer='prodigy' needs the prodigyopt package: pip install 'prunekit[besa]'"
