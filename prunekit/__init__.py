@@ -3,7 +3,8 @@
 Entry points: :func:`prune` (one call for every method; :func:`build_spec` and :func:`prune_with_spec`
 split it into the validated request and its run), :func:`trace` (the dependency graph of
 prunable groups), :func:`task_masks` (switchable per-task structured masks), :func:`prune_offloaded`
-(models larger than memory, block by block from disk), :func:`prune_component` (one named part of a
+(models larger than memory, block by block from disk), :func:`recover` (PERP recovery after
+pruning: retrain or reconstruct a few tensors, pruned zeros kept), :func:`prune_component` (one named part of a
 block), :func:`sweep` and :func:`study` (methods x sparsities; per component and family), and the
 modules :mod:`prunekit.models` (offline models), :mod:`prunekit.data` (calibration and evaluation
 text), :mod:`prunekit.eval` (perplexity, JS divergence, zero-shot), :mod:`prunekit.io` (saving and
@@ -20,7 +21,7 @@ it (``tests/test_layout.py`` checks every import, and that no module imports ano
 6. ``spec``                -- the typed, validated request every entry point builds
 7. ``engine``              -- plan and block-wise execution: calibration, surgery, offload, distributed
 8. ``eval``                -- perplexity, JS divergence, zero-shot
-9. ``api``                 -- prune, trace, task_masks, prune_offloaded: build a spec, plan, execute
+9. ``api``                 -- prune, trace, task_masks, prune_offloaded, recover: build a spec, run it
 10. ``recipes``            -- YAML recipes -> specs
 11. ``experiments``        -- sweeps and studies (they call the api)
 12. ``refmodels``          -- the from-scratch reference-model trainer (not pruning; apart)
@@ -28,7 +29,8 @@ it (``tests/test_layout.py`` checks every import, and that no module imports ano
 """
 
 from . import data, eval, io, models
-from .api import prune, prune_offloaded, prune_with_spec, task_masks, trace
+from .api import prune, prune_offloaded, prune_with_spec, recover, task_masks, trace
+from .engine.recovery import RecoveryReport
 from .engine.report import PruneReport
 from .engine.surgery import SurgeryError, remove, soft_zero
 from .experiments.study import prune_component, study
@@ -47,6 +49,7 @@ __all__ = [
     "Member",
     "PruneReport",
     "PruneSpec",
+    "RecoveryReport",
     "Scorer",
     "SpecError",
     "SurgeryError",
@@ -63,6 +66,7 @@ __all__ = [
     "prune_component",
     "prune_offloaded",
     "prune_with_spec",
+    "recover",
     "register_scorer",
     "remove",
     "save_pretrained",

@@ -1,4 +1,5 @@
-"""The public calls: :func:`prune`, :func:`task_masks`, :func:`prune_offloaded` and :func:`trace`.
+"""The public calls: :func:`prune`, :func:`task_masks`, :func:`prune_offloaded`, :func:`trace` and
+:func:`recover`.
 
 Each builds a :class:`~prunekit.spec.PruneSpec` from its arguments (:func:`prunekit.spec.build_spec`
 validates everything a request can get wrong), checks the calibration data against the model, then
@@ -17,12 +18,16 @@ import torch
 
 from .engine import pipeline
 from .engine.offload import OffloadResult, offload_prune
+from .engine.recovery import CheckpointDense, DenseBlocks, ModelDense, RecoveryReport, run_recovery
 from .engine.report import PruneReport
+from .eval.perplexity import perplexity
 from .engine.task_masks import TaskMasks
 from .families import get_adapter
 from .graph import DependencyGraph
 from .graph import trace as trace_graph
-from .spec import TEXT_OPTIONS, PruneSpec, SpecError, build_spec, prepare_calibration
+from .spec import TEXT_OPTIONS, PruneSpec, SpecError, SpecTypeError, build_spec, prepare_calibration
+from .spec.recovery import build_recovery_spec
+from .spec.recovery_data import recovery_windows
 
 
 def prune(
@@ -158,3 +163,62 @@ def _refuse_text_options(options: dict[str, Any], calibration: Any) -> None:
 
 
 __all__ = ["OffloadResult", "prune", "prune_offloaded", "prune_with_spec", "task_masks", "trace"]
+
+
+def recover(
+    model: torch.nn.Module,
+    dense: torch.nn.Module | str | Path | None = None,
+    method: str = "perp",
+    data: Any = None,
+    *,
+    mode: str = "retrain",
+    eval_data: Any = None,
+    **options: Any,
+) -> RecoveryReport:
+    """Recover a pruned ``model`` in place (PERP) and return a :class:`RecoveryReport`.
+
+    Trains a small set of tensors while every pruned weight stays exactly zero: ``train`` picks any of
+    ``"biases"``, ``"norms"`` (every normalisation layer, found by behaviour), ``"lm_head"`` and ``"lora"``
+    (adapters on the Linears inside the blocks, or ``lora_targets``) with ``lora="mask"`` (MaskLoRA, the
+    default), ``"scale"`` (ScaleLoRA) or ``"plain"`` (masked when merged), ``rank`` and ``alpha``. The
+    updates are merged into the model's weights at the end; on any error or interrupt they are dropped
+    and the model is unchanged.
+
+    ``mode="retrain"`` minimises the causal-LM loss on ``data`` (AdamW, ``lr`` 5e-4, linear schedule with
+    ``warmup`` 10 %, ``steps`` or a ``tokens`` budget, ``gradient_checkpointing``). ``mode="reconstruct"``
+    fits each block, in order, to the dense block's outputs on the calibration inputs; ``dense`` is the
+    model before pruning or its checkpoint directory (read one block at a time).
+
+    ``data``: token ids ``[N, L]``, texts, a ``datasets.Dataset``, or a text source (None / "default":
+    the embedded stdlib docs, or a file path) whose held-out split then measures perplexity before and
+    after (``eval_windows``; ``eval_data`` overrides). Text needs ``tokenizer=``.
+    :data:`prunekit.spec.recovery.RECOVERY_OPTIONS` lists every option with its default.
+    """
+    _check_model(model)
+    spec = build_recovery_spec(method, mode, **options)
+    train, held_out = recovery_windows(data, model, spec, eval_data)
+    reference = _dense_reference(dense, model, spec)
+    before = perplexity(model, held_out, batch_size=spec.batch_size) if held_out is not None else None
+    report = run_recovery(model, spec, train, reference)
+    if held_out is not None:
+        report.perplexity_before = before
+        report.perplexity_after = perplexity(model, held_out, batch_size=spec.batch_size)
+    return report
+
+
+def _dense_reference(dense: Any, model: torch.nn.Module, spec) -> DenseBlocks | None:
+    if dense is None:
+        return None
+    if spec.mode != "reconstruct":
+        raise SpecError("dense= is the reference of mode='reconstruct'; retraining does not use it", "dense")
+    if isinstance(dense, torch.nn.Module):
+        if dense is model:
+            raise SpecError("dense= is the pruned model itself; pass the model before pruning", "dense")
+        return ModelDense(dense)
+    if isinstance(dense, (str, Path)):
+        param = next(model.parameters())
+        try:
+            return CheckpointDense(dense, param.device, param.dtype)
+        except (ValueError, OSError) as err:
+            raise SpecError(f"dense checkpoint {str(dense)!r}: {err}", "dense") from None
+    raise SpecTypeError(f"dense must be a model or a checkpoint directory, got {type(dense).__name__}", "dense")

@@ -42,7 +42,7 @@ def _saved(tmp: Path, arch: str, seed: int, dtype=torch.float32) -> tuple[torch.
 
 
 # Every family x method pair runs in CI (the Mamba x SparseGPT pair once differed in the last bit while
-# the other pairs agreed: see _set_param in prunekit.engine.offload); hypothesis varies the rest.
+# the other pairs agreed: see bind_param in prunekit.engine.offload); hypothesis varies the rest.
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 @pytest.mark.parametrize("arch", ["llama", "mamba", "mamba2"])
 @settings(

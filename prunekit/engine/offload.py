@@ -38,7 +38,7 @@ from .calibration import BlockStream
 from .memory import release_free_memory, use_mmap_for_large_buffers
 from .report import PruneReport
 
-__all__ = ["OffloadResult", "check_offloadable", "offload_prune"]
+__all__ = ["OffloadResult", "bind_param", "block_prefixes", "check_offloadable", "meta_skeleton", "offload_prune"]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
 
 
@@ -77,10 +77,10 @@ def offload_prune(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     ckpt = LazyCheckpoint(model_dir)
-    model, aliases = _skeleton(ckpt)
+    model, aliases = meta_skeleton(ckpt)
     data = prepare_calibration(calibration, model, spec)
     resolved = pipeline.plan(model, spec, data)
-    prefixes = _block_prefixes(model, resolved.blocks)
+    prefixes = block_prefixes(model, resolved.blocks)
     outside = [n for n in resolved.targeted if not any(n.startswith(p) for p in prefixes)]
     if outside:
         raise ValueError(f"offloaded pruning prunes weights inside the blocks only; {outside} lie outside")
@@ -135,7 +135,7 @@ def check_offloadable(spec: PruneSpec) -> None:
         )
 
 
-def _skeleton(ckpt: LazyCheckpoint) -> tuple[torch.nn.Module, dict[str, list[str]]]:
+def meta_skeleton(ckpt: LazyCheckpoint) -> tuple[torch.nn.Module, dict[str, list[str]]]:
     """The model with parameters on the meta device, and each parameter's tied aliases."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -159,12 +159,12 @@ def _skeleton(ckpt: LazyCheckpoint) -> tuple[torch.nn.Module, dict[str, list[str
     return model, aliases
 
 
-def _block_prefixes(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> list[str]:
+def block_prefixes(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> list[str]:
     names = {id(m): n for n, m in model.named_modules()}
     return [names[id(b)] + "." for b in blocks]
 
 
-def _set_param(model: torch.nn.Module, names: list[str], value: torch.Tensor) -> None:
+def bind_param(model: torch.nn.Module, names: list[str], value: torch.Tensor) -> None:
     """Bind one new Parameter under every tied alias.
 
     The new parameter keeps the skeleton's ``requires_grad`` (True, as a model loaded in memory has it):
@@ -198,7 +198,7 @@ class _DiskStream(BlockStream):
 
     def _load(self, name: str) -> None:
         value = self.ckpt.get(self._stored_name(name)).to(self.device)
-        _set_param(self.model, self.aliases[name], value)
+        bind_param(self.model, self.aliases[name], value)
 
     def load_outside(self) -> None:
         for name in self.outside:
@@ -221,7 +221,7 @@ class _DiskStream(BlockStream):
         for n in masks:
             del self.masks[n]
         for name in self.block_params[index]:
-            _set_param(self.model, self.aliases[name], torch.empty_like(params[name], device="meta"))
+            bind_param(self.model, self.aliases[name], torch.empty_like(params[name], device="meta"))
         del params, state, masks
         release_free_memory()
 

@@ -19,6 +19,7 @@ from ..graph.groups import Group
 from . import kv_index
 from .blocks import UnsupportedFamilyError, family_name, find_blocks, missing_parts
 from .components import ALL, Component
+from .norms import find_norms
 from .parts import Part
 from .parts.attention import is_uneven_sizes
 from .parts.base import is_conv1d, set_if_present
@@ -201,6 +202,12 @@ class Adapter:
             if p is emb.weight:
                 return name
         return None
+
+    @staticmethod
+    def norm_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Every normalisation layer (RMSNorm, LayerNorm, gated norms ...), found by behaviour
+        (:func:`.norms.find_norms`); a family whose norms need other arguments overrides this."""
+        return find_norms(model)
 
     # ------------------------------------------------------------------ calibration
     def stat_taps(self, model: torch.nn.Module) -> dict:
