@@ -4,10 +4,10 @@ Entry points: :func:`prune` (one call for every method; :func:`build_spec` and :
 split it into the validated request and its run), :func:`trace` (the dependency graph of
 prunable groups), :func:`task_masks` (switchable per-task structured masks), :func:`prune_offloaded`
 (models larger than memory, block by block from disk), :func:`recover` (PERP recovery after
-pruning: retrain or reconstruct a few tensors, pruned zeros kept), :func:`prune_component` (one named part of a
-block), :func:`sweep` and :func:`study` (methods x sparsities; per component and family), and the
-modules :mod:`prunekit.models` (offline models), :mod:`prunekit.data` (calibration and evaluation
-text), :mod:`prunekit.eval` (perplexity, JS divergence, zero-shot), :mod:`prunekit.io` (saving and
+pruning: retrain or reconstruct a few tensors, pruned zeros kept), :func:`prune_component` (one
+named part of a block), :func:`sweep` and :func:`study` (methods x sparsities; per component and
+family), and the modules :mod:`prunekit.models` (offline models), :mod:`prunekit.data` (calibration
+and evaluation text), :mod:`prunekit.eval` (perplexity, JS divergence, zero-shot), :mod:`prunekit.io` (saving and
 loading pruned models) and :mod:`prunekit.recipes` (YAML recipes).
 
 Layout and the one dependency rule: each layer imports only the layers before it, never one after

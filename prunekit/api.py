@@ -20,8 +20,8 @@ from .engine import pipeline
 from .engine.offload import OffloadResult, offload_prune
 from .engine.recovery import CheckpointDense, DenseBlocks, ModelDense, RecoveryReport, run_recovery
 from .engine.report import PruneReport
-from .eval.perplexity import perplexity
 from .engine.task_masks import TaskMasks
+from .eval.perplexity import perplexity
 from .families import get_adapter
 from .graph import DependencyGraph
 from .graph import trace as trace_graph
@@ -221,4 +221,6 @@ def _dense_reference(dense: Any, model: torch.nn.Module, spec) -> DenseBlocks | 
             return CheckpointDense(dense, param.device, param.dtype)
         except (ValueError, OSError) as err:
             raise SpecError(f"dense checkpoint {str(dense)!r}: {err}", "dense") from None
-    raise SpecTypeError(f"dense must be a model or a checkpoint directory, got {type(dense).__name__}", "dense")
+    raise SpecTypeError(
+        f"dense must be a model or a checkpoint directory, got {type(dense).__name__}", "dense"
+    )

@@ -38,7 +38,14 @@ from .calibration import BlockStream
 from .memory import release_free_memory, use_mmap_for_large_buffers
 from .report import PruneReport
 
-__all__ = ["OffloadResult", "bind_param", "block_prefixes", "check_offloadable", "meta_skeleton", "offload_prune"]
+__all__ = [
+    "OffloadResult",
+    "bind_param",
+    "block_prefixes",
+    "check_offloadable",
+    "meta_skeleton",
+    "offload_prune",
+]
 _SKIP_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"}
 
 

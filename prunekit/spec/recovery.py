@@ -21,7 +21,10 @@ METHODS = ("perp",)
 MODES = ("retrain", "reconstruct")
 #: what can be trained; ``lm_head`` and the final norm lie outside the blocks, so only retraining reaches them
 TRAINABLE = ("biases", "norms", "lm_head", "lora")
-DEFAULT_TRAIN = {"retrain": ("biases", "norms", "lm_head", "lora"), "reconstruct": ("biases", "norms", "lora")}
+DEFAULT_TRAIN = {
+    "retrain": ("biases", "norms", "lm_head", "lora"),
+    "reconstruct": ("biases", "norms", "lora"),
+}
 #: MaskLoRA W + (α/r)·(BA ⊙ 1[W≠0]); ScaleLoRA W ⊙ BA; plain LoRA W + (α/r)·BA, masked when merged
 LORA_KINDS = ("mask", "scale", "plain")
 SCHEDULES = ("linear", "constant")
@@ -185,7 +188,9 @@ def _alpha(options: dict[str, Any], lora: str, rank: int) -> float:
     if options.get("alpha") is None:
         return 2.0 * rank
     if lora == "scale":
-        raise SpecError("alpha scales an additive update; ScaleLoRA (lora='scale') multiplies instead", "alpha")
+        raise SpecError(
+            "alpha scales an additive update; ScaleLoRA (lora='scale') multiplies instead", "alpha"
+        )
     return _real("alpha", options["alpha"], 0.0, 1e6, open_low=True)
 
 

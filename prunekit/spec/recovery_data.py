@@ -58,7 +58,9 @@ def _source(data: Any) -> Any:
     if isinstance(data, (str, Path)):
         path = Path(data).expanduser()
         if not path.is_file():
-            raise SpecError(f"recovery data {str(data)!r} is neither 'default' nor an existing text file", "data")
+            raise SpecError(
+                f"recovery data {str(data)!r} is neither 'default' nor an existing text file", "data"
+            )
         return str(path)
     return _NOT_A_SOURCE
 

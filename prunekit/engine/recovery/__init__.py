@@ -55,7 +55,9 @@ def run_recovery(
             dense.check(model, blocks)
             report.blocks = reconstruct(model, spec, adapter, blocks, layer_names, data, dense, attached)
             report.losses = [b["loss"] for b in report.blocks.values()]
-            per_block = spec.steps if spec.steps is not None else spec.epochs * -(-len(data) // spec.batch_size)
+            per_block = (
+                spec.steps if spec.steps is not None else spec.epochs * -(-len(data) // spec.batch_size)
+            )
             report.steps = per_block * len(blocks)
             report.tokens = int(data.numel())
         for trainables in attached:

@@ -49,7 +49,7 @@ def reconstruct(
         finally:
             dense.release(index)
         batches = list(zip(io.inputs, targets))
-        before = relative_error(io, block, batches)
+        before = _error(zip(targets, io.outputs))  # io.outputs: the pruned block's, before training
         choice = choose(model, spec, adapter, blocks, within=layer_names[index])
         if not choice.slots:
             errors[layer_names[index]] = {"before": before, "after": before, "loss": float("nan")}
@@ -57,7 +57,11 @@ def reconstruct(
         trainables = choice.attach(spec.seed * 1000 + index)
         attached.append(trainables)
         loss = _fit(spec, io, block, batches, trainables.parameters(), index)
-        errors[layer_names[index]] = {"before": before, "after": relative_error(io, block, batches), "loss": loss}
+        errors[layer_names[index]] = {
+            "before": before,
+            "after": relative_error(io, block, batches),
+            "loss": loss,
+        }
 
     run_blockwise(
         model, blocks, calibration, [{} for _ in blocks], (), on_block=on_block, mode="sequential",
@@ -98,9 +102,12 @@ def _fit(spec: RecoverySpec, io: BlockIO, block, batches, params, index: int) ->
 @torch.no_grad()
 def relative_error(io: BlockIO, block: torch.nn.Module, batches) -> float:
     """||Y - Ŷ||² / ||Y||² of ``block`` against the dense outputs over the calibration batches."""
+    return _error((y, io.run(block, x)) for x, y in batches)
+
+
+def _error(pairs) -> float:
     num = den = 0.0
-    for x, y in batches:
-        out = io.run(block, x).float()
-        num += float(((y.float() - out) ** 2).sum())
+    for y, out in pairs:
+        num += float(((y.float() - out.float()) ** 2).sum())
         den += float((y.float() ** 2).sum())
     return num / den if den else 0.0

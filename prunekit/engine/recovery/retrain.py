@@ -22,7 +22,11 @@ from .trainable import Trainables
 
 
 def retrain(
-    model: torch.nn.Module, spec: RecoverySpec, windows: torch.Tensor, trainables: Trainables, notes: list[str]
+    model: torch.nn.Module,
+    spec: RecoverySpec,
+    windows: torch.Tensor,
+    trainables: Trainables,
+    notes: list[str],
 ) -> list[float]:
     """Train ``trainables`` for ``spec.steps_for(len(windows))`` steps; returns the loss of every step."""
     params = trainables.parameters()

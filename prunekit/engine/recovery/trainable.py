@@ -74,7 +74,9 @@ class Trainables:
         self.model = model
         self.updates: list[tuple[Slot, torch.nn.Module]] = []
         self.created: list[str] = []
-        self._added_before = list(getattr(getattr(model, "config", None), "prunekit_added_biases", None) or [])
+        self._added_before = list(
+            getattr(getattr(model, "config", None), "prunekit_added_biases", None) or []
+        )
 
     def add(self, slot: Slot, update: torch.nn.Module) -> None:
         if slot.create_bias:
@@ -148,7 +150,9 @@ def choose(
     notes: list[str] = []
     slots: list[Slot] = []
     taken: set[int] = set()
-    lora_mods = _lora_modules(model, spec, blocks, notes) if "lora" in spec.train or spec.create_biases else {}
+    lora_mods = (
+        _lora_modules(model, spec, blocks, notes) if "lora" in spec.train or spec.create_biases else {}
+    )
     lora_mods = {n: m for n, m in lora_mods.items() if inside(n)}
     if "lm_head" in spec.train:
         slots.append(_head_slot(model, names, spec))
@@ -229,8 +233,11 @@ def _bias_slots(model, spec: RecoverySpec, lora_mods: dict, inside, notes: list[
                 slots.append(Slot(f"{name}.bias", "bias", [(mod, "bias")], create_bias=True))
     if not slots:
         _missing(
-            spec, notes, "train has 'biases', but no module here has a bias: pass create_biases=True "
-            "to add them, or leave 'biases' out of train", within,
+            spec,
+            notes,
+            "train has 'biases', but no module here has a bias: pass create_biases=True "
+            "to add them, or leave 'biases' out of train",
+            within,
         )
     return slots
 
