@@ -7,8 +7,8 @@ prunable groups), :func:`task_masks` (switchable per-task structured masks), :fu
 pruning: retrain or reconstruct a few tensors, pruned zeros kept), :func:`prune_component` (one
 named part of a block), :func:`sweep` and :func:`study` (methods x sparsities; per component and
 family), and the modules :mod:`prunekit.models` (offline models), :mod:`prunekit.data` (calibration
-and evaluation text), :mod:`prunekit.eval` (perplexity, JS divergence, zero-shot), :mod:`prunekit.io` (saving and
-loading pruned models) and :mod:`prunekit.recipes` (YAML recipes).
+and evaluation text), :mod:`prunekit.eval` (perplexity, JS divergence, zero-shot), :mod:`prunekit.io`
+(saving and loading pruned models) and :mod:`prunekit.recipes` (YAML recipes).
 
 Layout and the one dependency rule: each layer imports only the layers before it, never one after
 it (``tests/test_layout.py`` checks every import, and that no module imports another's private name).

@@ -173,6 +173,7 @@ def recover(
     *,
     mode: str = "retrain",
     eval_data: Any = None,
+    save_adapters: str | Path | None = None,
     **options: Any,
 ) -> RecoveryReport:
     """Recover a pruned ``model`` in place (PERP) and return a :class:`RecoveryReport`.
@@ -191,7 +192,9 @@ def recover(
 
     ``data``: token ids ``[N, L]``, texts, a ``datasets.Dataset``, or a text source (None / "default":
     the embedded stdlib docs, or a file path) whose held-out split then measures perplexity before and
-    after (``eval_windows``; ``eval_data`` overrides). Text needs ``tokenizer=``.
+    after (``eval_windows``; ``eval_data`` overrides). Text needs ``tokenizer=``. ``save_adapters`` (a
+    new directory) also writes a retrained plain LoRA (``lora="plain"``, ``train=["lora"]``) in PEFT's
+    format, loadable with ``peft.PeftModel.from_pretrained`` on the pruned model.
     :data:`prunekit.spec.recovery.RECOVERY_OPTIONS` lists every option with its default.
     """
     _check_model(model)
@@ -199,7 +202,7 @@ def recover(
     train, held_out = recovery_windows(data, model, spec, eval_data)
     reference = _dense_reference(dense, model, spec)
     before = perplexity(model, held_out, batch_size=spec.batch_size) if held_out is not None else None
-    report = run_recovery(model, spec, train, reference)
+    report = run_recovery(model, spec, train, reference, save_adapters)
     if held_out is not None:
         report.perplexity_before = before
         report.perplexity_after = perplexity(model, held_out, batch_size=spec.batch_size)

@@ -339,3 +339,39 @@ def test_spec_defaults_follow_the_mode():
     assert retrain.steps_for(20) == 3 and build_recovery_spec(tokens=4096).steps_for(20) == 2
     with pytest.raises(SpecError):
         build_recovery_spec(rank=0)
+
+
+def test_plain_lora_adapters_load_in_peft_and_compute_the_adapted_model(tmp_path):
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    model = make_tiny_llama(4)
+    ids = _prune(model, "unstructured")
+    pruned = copy.deepcopy(model)
+    out = tmp_path / "adapters"
+    options = {"lora": "plain", "train": ["lora"], "rank": 2, **FAST}
+    prunekit.recover(model, data=ids, save_adapters=out, **options)
+    adapted = copy.deepcopy(pruned)  # what the adapters compute: W + (α/r) B A, unmasked
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    with torch.no_grad():
+        for key, a in tensors.items():
+            if key.endswith("lora_A.weight"):
+                name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+                b = tensors[key.replace("lora_A", "lora_B")]
+                adapted.get_submodule(name).weight.add_(2.0 * (b @ a))  # alpha / r = 4 / 2
+        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(pruned), str(out)).eval()
+        torch.testing.assert_close(loaded(ids[:2]).logits, adapted(ids[:2]).logits, atol=1e-5, rtol=0)
+    assert len(tensors) == 2 * 14  # 7 Linears per block, 2 blocks, A and B each
+
+
+@pytest.mark.parametrize(
+    "options", [{"lora": "mask", "train": ["lora"]}, {"lora": "plain"}, {"mode": "reconstruct"}]
+)
+def test_adapters_peft_cannot_hold_are_refused_before_training(tmp_path, options):
+    model = make_tiny_llama()
+    ids = _prune(model, "unstructured")
+    kwargs = {"dense": copy.deepcopy(model), "lora": "plain", "train": ["lora"]} if "mode" in options else {}
+    message = _unchanged_after(
+        model, ValueError, data=ids, save_adapters=tmp_path / "a", **{**kwargs, **options}
+    )
+    assert "save_adapters" in message and not (tmp_path / "a").exists()

@@ -9,6 +9,7 @@ the model bit-identical to before the call.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from ...families import get_adapter
 from ...spec import SpecError
 from ...spec.recovery import RecoverySpec
 from .dense import CheckpointDense, DenseBlocks, ModelDense
+from .export import check_exportable, save_peft_adapters
 from .reconstruct import reconstruct
 from .report import RecoveryReport
 from .retrain import retrain
@@ -25,9 +27,15 @@ __all__ = ["CheckpointDense", "DenseBlocks", "ModelDense", "RecoveryReport", "ru
 
 
 def run_recovery(
-    model: torch.nn.Module, spec: RecoverySpec, data: torch.Tensor, dense: DenseBlocks | None = None
+    model: torch.nn.Module,
+    spec: RecoverySpec,
+    data: torch.Tensor,
+    dense: DenseBlocks | None = None,
+    save_adapters: str | Path | None = None,
 ) -> RecoveryReport:
-    """Recover ``model`` in place on training windows ``data`` ``[N, L]``; see the module docstring."""
+    """Recover ``model`` in place on training windows ``data`` ``[N, L]``; see the module docstring.
+    ``save_adapters`` also writes the trained plain LoRA in PEFT's format (:mod:`.export`)."""
+    adapters_dir = check_exportable(spec, save_adapters) if save_adapters is not None else None
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
     names = {id(m): n for n, m in model.named_modules()}
@@ -45,12 +53,18 @@ def run_recovery(
             report.losses = retrain(model, spec, data, attached[0], report.notes)
             report.steps = len(report.losses)
             report.tokens = report.steps * min(spec.batch_size, len(data)) * data.shape[1]
+            if adapters_dir is not None:
+                save_peft_adapters(attached[0], spec, adapters_dir)
         else:
             if dense is None:
                 raise SpecError(
                     "mode='reconstruct' fits each block to the dense block's outputs: pass dense= "
                     "(the model before pruning, or its checkpoint directory)",
                     "dense",
+                )
+            if adapters_dir is not None:
+                raise SpecError(
+                    "save_adapters exports a retrained plain LoRA (mode='retrain')", "save_adapters"
                 )
             dense.check(model, blocks)
             report.blocks = reconstruct(model, spec, adapter, blocks, layer_names, data, dense, attached)
