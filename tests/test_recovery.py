@@ -272,6 +272,7 @@ def _unchanged_after(model, error, **kwargs) -> str:
         ({"data": torch.full((2, 8), 999)}, "vocabulary"),
         ({"data": "/no/such/file.txt"}, "neither 'default' nor an existing text file"),
         ({"dense": "somewhere"}, "retraining does not use it"),
+        ({"eval_data": "default", "eval_windows": 0}, "measures nothing"),
     ],
 )
 def test_bad_input_is_named_and_leaves_the_model_unchanged(options, words):
@@ -375,3 +376,17 @@ def test_adapters_peft_cannot_hold_are_refused_before_training(tmp_path, options
         model, ValueError, data=ids, save_adapters=tmp_path / "a", **{**kwargs, **options}
     )
     assert "save_adapters" in message and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("mode", ["retrain", "reconstruct"])
+def test_recovery_figure_is_written(tmp_path, mode):
+    from prunekit.experiments.recovery_plot import plot_recovery
+
+    model = make_tiny_llama()
+    dense = copy.deepcopy(model)
+    ids = _prune(model, "unstructured")
+    kwargs = {"dense": dense} if mode == "reconstruct" else {}
+    report = prunekit.recover(model, data=ids, mode=mode, **FAST, **kwargs)
+    path = plot_recovery(report, tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.to_dict()["trainable"] == report.trainable and str(report).startswith("recovery perp")

@@ -67,6 +67,8 @@ def _source(data: Any) -> Any:
 
 def _held_out(eval_data: Any, source: Any, model, spec: RecoverySpec) -> torch.Tensor | None:
     if spec.eval_windows == 0:
+        if eval_data is not None:
+            raise SpecError("eval_data is given but eval_windows=0 measures nothing", "eval_data")
         return None
     if eval_data is None:
         if source is _NOT_A_SOURCE:

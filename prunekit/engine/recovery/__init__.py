@@ -52,7 +52,7 @@ def run_recovery(
             attached.append(choice.attach(spec.seed))
             report.losses = retrain(model, spec, data, attached[0], report.notes)
             report.steps = len(report.losses)
-            report.tokens = report.steps * min(spec.batch_size, len(data)) * data.shape[1]
+            report.tokens = report.steps * spec.batch_size * data.shape[1]
             if adapters_dir is not None:
                 save_peft_adapters(attached[0], spec, adapters_dir)
         else:
