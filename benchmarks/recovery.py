@@ -7,11 +7,11 @@ default text's held-out split (in-domain, ``--eval-windows`` windows) and the fi
 256-token windows of ``../shared/data/austen_emma.txt`` (prose, the issues' same-work windows). Every
 point runs in its own subprocess; CPU time is the process's user + system time of the recover call.
 
-A point is ``method:sparsity:structure`` (or ``dense``); every pruned point is recovered in each of
-``--modes`` from the same pruned model, with ``--options`` (``key=value,...``) for every recovery:
+A point is ``method:sparsity:structure`` (or ``dense``); every pruned point is recovered, from the same
+pruned model, by each of ``--recoveries`` (``mode:key=value,...``):
 
     python benchmarks/recovery.py                                  # the issue's table, both modes
-    python benchmarks/recovery.py --points wanda:0.5:unstructured --options steps=64,lora=scale
+    python benchmarks/recovery.py --points wanda:0.5:unstructured --recoveries retrain:steps=64,lora=scale
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ EMMA = HERE.parents[1] / "shared" / "data" / "austen_emma.txt"
 PRUNES = ["magnitude:0.5:unstructured", "wanda:0.5:unstructured", "sparsegpt:0.5:unstructured",
           "wanda:0.5:2:4", "flap:0.2:structured"]  # fmt: skip
 DEFAULT_POINTS = ["dense", *PRUNES]
-#: the setting recorded in BENCHMARKS.md: rank 3 keeps the trainable share under 1 % on SmolLM2
-DEFAULT_OPTIONS = "rank=3,steps=16,gradient_checkpointing=False"
+#: the settings recorded in BENCHMARKS.md: rank 3 keeps the trainable share under 1 % on SmolLM2
+DEFAULT_RECOVERIES = ["retrain:rank=3,steps=16,gradient_checkpointing=False", "reconstruct:rank=3,steps=16"]
 
 
 def parse_options(opts: str) -> dict:
@@ -51,7 +51,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_point(point: str, windows: int, modes: list[str], opts: str) -> list[dict]:
+def run_point(point: str, windows: int, recoveries: list[str]) -> list[dict]:
     sys.path.insert(0, str(HERE))
     from structured import same_work_eval, window_perplexity
 
@@ -79,14 +79,13 @@ def run_point(point: str, windows: int, modes: list[str], opts: str) -> list[dic
         )
     measure(model, base, "before")
     rows = [dict(base, mode="none")]
-    for mode in modes if point != "dense" else []:
+    for recovery in recoveries if point != "dense" else []:
+        mode, _, opts = recovery.partition(":")
         work = copy.deepcopy(model)
-        out = dict(base, mode=mode)
+        out = dict(base, mode=recovery)
         kwargs = {"dense": dense} if mode == "reconstruct" else {}
         t0, c0 = time.perf_counter(), cpu_seconds()
         options = parse_options(opts)
-        if mode == "reconstruct":  # retrain-only options do not apply
-            options = {k: v for k, v in options.items() if k not in ("gradient_checkpointing", "tokens")}
         report = prunekit.recover(
             work, data="default", mode=mode, tokenizer=tok, eval_windows=0, **kwargs, **options
         )
@@ -106,25 +105,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--points", nargs="*", default=DEFAULT_POINTS)
-    parser.add_argument("--modes", nargs="*", default=["retrain", "reconstruct"])
-    parser.add_argument("--options", default=DEFAULT_OPTIONS, help="recovery options, key=value,...")
+    parser.add_argument("--recoveries", nargs="*", default=DEFAULT_RECOVERIES, help="mode:key=value,...")
     parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows of the default text")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_point(args.one, args.eval_windows, args.modes, args.options)))
+        print(json.dumps(run_point(args.one, args.eval_windows, args.recoveries)))
         return
     rows = []
     for point in args.points:
         cmd = [sys.executable, __file__, "--one", point, "--eval-windows", str(args.eval_windows)]
-        cmd += ["--modes", *args.modes, "--options", args.options]
+        cmd += ["--recoveries", *args.recoveries]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             print(f"FAILED {point}:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
             continue
         rows += json.loads(done.stdout.strip().splitlines()[-1])
         print(f"done {point}: {rows[-1]}", file=sys.stderr, flush=True)
-    print(f"recovery options: {args.options}")
     print_table(rows)
 
 

@@ -67,7 +67,9 @@ def run_recovery(
                     "save_adapters exports a retrained plain LoRA (mode='retrain')", "save_adapters"
                 )
             dense.check(model, blocks)
-            report.blocks = reconstruct(model, spec, adapter, blocks, layer_names, data, dense, attached)
+            report.blocks = reconstruct(
+                model, spec, adapter, blocks, layer_names, data, dense, attached, report.notes
+            )
             report.losses = [b["loss"] for b in report.blocks.values()]
             per_block = (
                 spec.steps if spec.steps is not None else spec.epochs * -(-len(data) // spec.batch_size)

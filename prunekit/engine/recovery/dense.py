@@ -36,8 +36,15 @@ class DenseBlocks:
         """Raise ``ValueError`` naming the first block or parameter the reference does not match."""
         if len(self.shapes) != len(blocks):
             raise ValueError(f"the dense reference has {len(self.shapes)} blocks, the model {len(blocks)}")
+        names = {id(m): n for n, m in model.named_modules()}
+        added = set(getattr(getattr(model, "config", None), "prunekit_added_biases", None) or [])
         for index, (block, dense) in enumerate(zip(blocks, self.shapes)):
-            ours = {n: tuple(p.shape) for n, p in block.named_parameters()}
+            prefix = names[id(block)] + "."
+            ours = {
+                n: tuple(p.shape)
+                for n, p in block.named_parameters()
+                if not (n.endswith(".bias") and prefix + n.removesuffix(".bias") in added)
+            }  # biases that pruning created (bias compensation) have no dense counterpart
             missing = sorted(set(ours) - set(dense))
             if missing:
                 raise ValueError(f"the dense reference's block {index} has no parameter {missing[0]!r}")

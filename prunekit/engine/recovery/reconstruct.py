@@ -33,12 +33,14 @@ def reconstruct(
     calibration: torch.Tensor,
     dense: DenseBlocks,
     attached: list[Trainables],
+    notes: list[str],
 ) -> dict[str, dict[str, float]]:
     """Reconstruct every block; returns ``{block name: {"before", "after", "loss"}}`` (relative squared
     errors against the dense block on the calibration data, and the last training loss).
 
     Each block's :class:`~.trainable.Trainables` is appended to ``attached`` as soon as it exists; the
-    caller merges them after success or discards them after a failure.
+    caller merges them after success or discards them after a failure. A block whose error training
+    did not lower keeps its pruned weights (its updates are dropped, ``notes`` says so).
     """
     errors: dict[str, dict[str, float]] = {}
 
@@ -57,11 +59,12 @@ def reconstruct(
         trainables = choice.attach(spec.seed * 1000 + index)
         attached.append(trainables)
         loss = _fit(spec, io, block, batches, trainables.parameters(), index)
-        errors[layer_names[index]] = {
-            "before": before,
-            "after": relative_error(io, block, batches),
-            "loss": loss,
-        }
+        after = relative_error(io, block, batches)
+        if not after < before:  # never leave a block worse than pruning did
+            attached.pop().discard()
+            notes.append(f"{layer_names[index]}: training did not lower its error; kept as pruned")
+            after = before
+        errors[layer_names[index]] = {"before": before, "after": after, "loss": loss}
 
     run_blockwise(
         model, blocks, calibration, [{} for _ in blocks], (), on_block=on_block, mode="sequential",
