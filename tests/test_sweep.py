@@ -244,3 +244,111 @@ def test_uneven_allocations_get_a_figure_of_sparsity_by_matrix(tmp_path, text_fi
     png = (out / "layers-besa-unstructured-0.5.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("layers-wanda-*"))  # every matrix of a Wanda point has the same share
+
+
+RETRAIN = {"mode": "retrain", "steps": 8, "rank": 2, "lr": 1e-2, "n_samples": 16, "batch_size": 4}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_recovered_sweep_adds_finite_columns_and_recovery_lowers_perplexity(tmp_path, text_file):
+    from prunekit.experiments.sweep import RECOVERY_COLUMNS
+
+    out = tmp_path / "sweep"
+    rows = sweep(
+        CountingFactory(), ["magnitude", "wanda-sp"], [0.5], text=text_file, out_dir=out, progress=False,
+        recover=RETRAIN, **SETTINGS,
+    )  # fmt: skip
+    plain = sweep(
+        CountingFactory(), ["magnitude", "wanda-sp"], [0.5], text=text_file, progress=False, **SETTINGS
+    )
+    for row, before in zip(rows, plain):
+        assert list(row) == [*COLUMNS, *RECOVERY_COLUMNS, "layer_sparsity"]
+        assert row["error"] == "" and row["recovery_error"] == ""
+        assert all(math.isfinite(row[k]) for k in ("ppl_recovered", "js_recovered", "recovery_seconds"))
+        assert 0 < row["recovery_share"] < 1
+        assert _close(row["ppl"], before["ppl"]) and _close(row["js"], before["js"])  # measured before
+        assert row["ppl_recovered"] < 0.9 * row["ppl"]
+
+    with open(out / "sweep.csv", newline="") as fh:
+        written = list(csv.DictReader(fh))
+    assert list(written[0]) == [*COLUMNS, *RECOVERY_COLUMNS]
+    assert [float(w["ppl_recovered"]) for w in written] == [r["ppl_recovered"] for r in rows]
+    md = (out / "sweep.md").read_text()
+    assert "| recovered ppl |" in md and "- recovery: perp retrain (" in md
+    for r in rows:
+        assert f"| {r['prune_seconds']:.1f} | {r['ppl_recovered']:.3f} |" in md
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_reconstructing_sweep_keeps_pruned_zeros_and_the_dense_model(text_file, monkeypatch):
+    from prunekit.experiments import sweep_recovery
+
+    model, tok = _tiny(), make_byte_tokenizer()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def checked_recover(pruned, dense, *args, **kwargs):
+        zeros = {n: p == 0 for n, p in pruned.named_parameters() if n.endswith("proj.weight")}
+        report = prunekit.recover(pruned, dense, *args, **kwargs)
+        params = dict(pruned.named_parameters())
+        seen.append((dense is model, all(torch.all(params[n][z] == 0) for n, z in zeros.items())))
+        return report
+
+    monkeypatch.setattr(sweep_recovery.api, "recover", checked_recover)
+    recover = {"mode": "reconstruct", "steps": 2, "rank": 2, "n_samples": 4}
+    rows = sweep(
+        (model, tok), ["magnitude"], [0.5], text=text_file, progress=False, recover=recover, **SETTINGS
+    )
+    assert rows[0]["recovery_error"] == "" and math.isfinite(rows[0]["ppl_recovered"])
+    assert seen == [(True, True)]  # reconstructed against the sweep's dense model, zeros kept
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("recover", "message"),
+    [
+        ({"rank": 0}, "rank must be >= 1"),
+        ({"mode": "rebuild"}, "recovery mode must be one of"),
+        ({"bogus": 1}, r"unknown recovery option\(s\) \['bogus'\]"),
+        ({"mode": "reconstruct", "tokens": 64}, "tokens"),
+        ({"eval_windows": 4}, "eval_windows is set by the sweep"),
+        ({"method": "nope"}, "unknown recovery method 'nope'"),
+        (["mode=retrain"], "recover must be a dict"),
+    ],
+)
+def test_bad_recovery_options_fail_before_the_model_is_loaded(tmp_path, recover, message):
+    factory = CountingFactory()
+    with pytest.raises((ValueError, TypeError), match=message):
+        sweep(factory, ["magnitude"], [0.5], out_dir=tmp_path / "out", progress=False, recover=recover)
+    assert factory.calls == 0 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cli_sweep_recover_flag(tmp_path, text_file, capsys):
+    model_dir = tmp_path / "tiny"
+    _tiny().save_pretrained(model_dir)
+    make_byte_tokenizer().save_pretrained(model_dir)
+    common = [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--text",
+        text_file,
+        "--seq-len",
+        "32",
+        "--calib-samples",
+        "2",
+    ]
+    common += ["--eval-windows", "3", "--methods", "magnitude", "--sparsities", "0.5"]
+    out = tmp_path / "sweep"
+    recover = "mode=retrain,steps=8,rank=2,lr=1e-2,n_samples=16,batch_size=4,train=norms,lora"
+    assert main([*common, "--out", str(out), "--recover", recover]) == 0
+    assert "recovered ppl" in capsys.readouterr().out
+    with open(out / "sweep.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["recovery_error"] == "" and float(row["ppl_recovered"]) < float(row["ppl"])
+
+    bad = tmp_path / "bad"
+    assert main([*common, "--out", str(bad), "--recover", "mode=retrain,rank=0"]) == 2
+    assert "rank must be >= 1" in capsys.readouterr().err and not bad.exists()

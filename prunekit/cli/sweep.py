@@ -6,6 +6,7 @@ import argparse
 
 from ..experiments.sweep import sweep
 from .common import add_model_argument, add_text_arguments, experiment_settings, floats, names
+from .recovery_flags import recovery_settings
 from .spec_flags import add_option_flags, given_options
 
 NAME = "sweep"
@@ -24,12 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_option_flags(p, skip=("n_samples", "seq_len", "seed"))
     add_text_arguments(p, "seed of the calibration windows", "cap on evaluation windows (default: all)")
+    p.add_argument(
+        "--recover",
+        type=recovery_settings,
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="also recover every pruned point (prunekit.recover's options and mode, e.g. "
+        "mode=retrain,steps=8,rank=2; a list continues after commas: train=norms,lora) and add "
+        "its perplexity after recovery",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    rows = sweep(args.model, **experiment_settings(args), **given_options(args))
+    rows = sweep(args.model, **experiment_settings(args), recover=args.recover, **given_options(args))
     out = Path(args.out)
     print((out / "sweep.md").read_text(encoding="utf-8"))
     failed = sum(1 for r in rows if r["error"])

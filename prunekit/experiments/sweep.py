@@ -30,8 +30,16 @@ from ..eval.perplexity import js_divergence, perplexity
 from ..models import load
 from ..spec import build_spec, scorer_class
 from .layer_plot import is_uneven, plot_layer_sparsity
+from .sweep_recovery import (
+    RECOVERY_COLUMNS,
+    RECOVERY_HEADER,
+    plan_recovery,
+    plot_recovered,
+    recovery_cells,
+    recovery_errors,
+)
 
-__all__ = ["sweep", "structure_for", "COLUMNS"]
+__all__ = ["sweep", "structure_for", "COLUMNS", "RECOVERY_COLUMNS"]
 
 #: columns of ``sweep.csv`` and keys of every returned row, in order
 COLUMNS = (
@@ -82,6 +90,7 @@ def sweep(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    recover: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Prune ``model`` with every method at every sparsity; return one row per point (see :data:`COLUMNS`).
@@ -105,13 +114,23 @@ def sweep(
 
     A point whose pruning or evaluation raises is kept with ``error`` set and empty numbers.
 
+    ``recover`` (recovery options of :func:`prunekit.recover`, with ``mode`` and optionally ``method``)
+    also recovers every pruned point after it was measured, on the calibration split of ``text`` (windows
+    of ``seq_len`` tokens drawn with ``seed`` unless ``recover`` sets them), against the dense model for
+    ``mode="reconstruct"``, and measures it again on the same windows: rows and tables get
+    :data:`RECOVERY_COLUMNS` (``ppl_recovered``, ``js_recovered``, ``recovery_share``,
+    ``recovery_seconds``, ``recovery_error``) and the plot a dashed line per method after recovery.
+
     Raises:
-        ValueError, TypeError: bad methods, sparsities, structure or options, before anything is loaded.
+        ValueError, TypeError: bad methods, sparsities, structure, options or recovery options, before
+            anything is loaded.
     """
     methods = as_list(methods, "methods")
     sparsities = as_list(sparsities, "sparsities")
     method_options = dict(method_options or {})
     plan = plan_points(methods, sparsities, structure, options, method_options)
+    recovery = plan_recovery(recover, seq_len, seed)
+    columns = COLUMNS + RECOVERY_COLUMNS if recovery else COLUMNS
     if eval_batch_size < 1:
         raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
 
@@ -119,6 +138,7 @@ def sweep(
     calibration = calibration_ids(tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed, source=text)
     windows = eval_windows(tokenizer, seq_len=seq_len, max_windows=max_eval_windows, source=text)
     dense_ppl = perplexity(dense, windows, batch_size=eval_batch_size)
+    recovered = recovery.bind(dense, tokenizer, text, windows, eval_batch_size) if recovery else None
 
     rows = []
     bar = tqdm(plan, desc="sweep", unit="point", disable=not progress)
@@ -126,10 +146,10 @@ def sweep(
         bar.set_postfix_str(f"{method} {chosen} {sparsity:g}")
         row = _point(
             dense, method, sparsity, chosen, calibration, windows, eval_batch_size,
-            {**options, **method_options.get(method, {})},
+            {**options, **method_options.get(method, {})}, recovered,
         )  # fmt: skip
         row["ppl_dense"] = dense_ppl
-        rows.append({**{key: row.get(key) for key in COLUMNS}, "layer_sparsity": row.get("layer_sparsity")})
+        rows.append({**{key: row.get(key) for key in columns}, "layer_sparsity": row.get("layer_sparsity")})
     bar.close()
 
     if out_dir is not None:
@@ -138,8 +158,9 @@ def sweep(
             "calibration": f"{n_samples} x {seq_len} tokens (seed {seed})",
             "evaluation": f"{windows.shape[0]} windows x {windows.shape[1]} tokens",
             "text": text or "stdlib Python docs",
+            **({"recovery": recovery.describe()} if recovery else {}),
         }
-        write_outputs(rows, Path(out_dir), dense_ppl, settings)
+        write_outputs(rows, Path(out_dir), dense_ppl, settings, recovered=bool(recovery))
     return rows
 
 
@@ -204,8 +225,10 @@ def _point(
     windows: torch.Tensor,
     batch_size: int,
     options: dict[str, Any],
+    recovered: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Prune a deep copy of ``dense`` and measure it; errors become the row's ``error``."""
+    """Prune a deep copy of ``dense`` and measure it (then ``recovered`` recovers and measures it
+    again); errors become the row's ``error``."""
     row: dict[str, Any] = {"method": method, "structure": structure, "sparsity": sparsity, "error": ""}
     pruned = copy.deepcopy(dense)
     try:
@@ -224,6 +247,8 @@ def _point(
         row["ppl"] = perplexity(pruned, windows, batch_size=batch_size)
         row["js"] = js_divergence(dense, pruned, windows, batch_size=batch_size)
         row["eval_seconds"] = time.perf_counter() - t0
+        if recovered:
+            row.update(recovered(pruned))  # its own errors become recovery_error
     except Exception as err:  # noqa: BLE001 - a failed point must not end the sweep
         row = {key: row[key] for key in ("method", "structure", "sparsity")}
         row["error"] = f"{type(err).__name__}: {err}"
@@ -233,17 +258,23 @@ def _point(
 
 
 def write_outputs(
-    rows: list[dict[str, Any]], out_dir: Path, dense_ppl: float, settings: Mapping[str, str]
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    dense_ppl: float,
+    settings: Mapping[str, str],
+    recovered: bool = False,
 ) -> None:
-    """Write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` for ``rows`` into ``out_dir``."""
+    """Write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` for ``rows`` into ``out_dir`` (with the
+    recovery columns and lines when ``recovered``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    columns = COLUMNS + RECOVERY_COLUMNS if recovered else COLUMNS
     with open(out_dir / "sweep.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else csv_value(row[k]) for k in COLUMNS})
-    (out_dir / "sweep.md").write_text(markdown_table(rows, dense_ppl, settings), encoding="utf-8")
-    plot(rows, dense_ppl, out_dir / "sweep.png", title=settings.get("model", ""))
+            writer.writerow({k: "" if row.get(k) is None else csv_value(row[k]) for k in columns})
+    (out_dir / "sweep.md").write_text(markdown_table(rows, dense_ppl, settings, recovered), encoding="utf-8")
+    plot(rows, dense_ppl, out_dir / "sweep.png", title=settings.get("model", ""), recovered=recovered)
     for row in rows:
         shares = row.get("layer_sparsity") or {}
         if is_uneven(shares):
@@ -262,33 +293,43 @@ def settings_header(title: str, settings: Mapping[str, str]) -> list[str]:
     return [f"# {title}", "", *(f"- {key}: {value}" for key, value in settings.items()), ""]
 
 
-def markdown_table(rows: list[dict[str, Any]], dense_ppl: float, settings: Mapping[str, str]) -> str:
-    """A markdown report: the settings, then one table row per point (dense first)."""
-    lines = settings_header("prunekit sweep", settings)
-    lines += [
+def markdown_table(
+    rows: list[dict[str, Any]], dense_ppl: float, settings: Mapping[str, str], recovered: bool = False
+) -> str:
+    """A markdown report: the settings, then one table row per point (dense first; the recovery
+    columns at the end of each when ``recovered``)."""
+    table = [
         "| method | structure | sparsity | achieved | params | perplexity | × dense | JS (nats) | prune s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| dense | — | 0 | 0 | — | {dense_ppl:.3f} | 1.00 | 0 | — |",
     ]
+    if recovered:
+        table = [line + cells for line, cells in zip(table, RECOVERY_HEADER)]
     errors = []
     for row in rows:
         head = f"| {row['method']} | {row['structure']} | {row['sparsity']:g} "
+        tail = recovery_cells(row, dense_ppl) if recovered else ""
         if row["error"]:
             errors.append(f"- {row['method']} at {row['sparsity']:g}: {row['error']}")
-            lines.append(head + f"| failed ({len(errors)}) | | | | | |")
+            table.append(head + f"| failed ({len(errors)}) | | | | | |" + tail)
             continue
-        lines.append(
+        table.append(
             head + f"| {row['achieved']:.4f} | {row['params_after']:,} ({row['param_ratio']:.3f}) "
             f"| {row['ppl']:.3f} | {row['ppl'] / dense_ppl:.2f} | {row['js']:.4f} "
-            f"| {row['prune_seconds']:.1f} |"
+            f"| {row['prune_seconds']:.1f} |" + tail
         )
+    errors += recovery_errors(rows) if recovered else []
+    lines = [*settings_header("prunekit sweep", settings), *table]
     if errors:
         lines += ["", "Failed points:", "", *errors]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], dense_ppl: float, path: Path, title: str = "") -> None:
-    """Perplexity against requested sparsity, one line per method, log y, dense as a dashed line.
+def plot(
+    rows: list[dict[str, Any]], dense_ppl: float, path: Path, title: str = "", recovered: bool = False
+) -> None:
+    """Perplexity against requested sparsity, one line per method, log y, dense as a dashed line (and
+    each method's perplexity after recovery dashed in its colour when ``recovered``).
 
     Uses an Agg canvas directly (no pyplot), so it works headless and leaves the caller's matplotlib
     backend alone.
@@ -300,15 +341,13 @@ def plot(rows: list[dict[str, Any]], dense_ppl: float, path: Path, title: str = 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted(
-            (r["sparsity"], r["ppl"])
-            for r in rows
-            if r["method"] == method and not r["error"] and r["ppl"] is not None and math.isfinite(r["ppl"])
-        )
+        points = curve(rows, method, "ppl")
         if points:
             structure = next(r["structure"] for r in rows if r["method"] == method)
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", label=f"{method} ({structure})")
+            (line,) = ax.plot(xs, ys, marker="o", label=f"{method} ({structure})")
+            if recovered:
+                plot_recovered(ax, curve(rows, method, "ppl_recovered"), method, line.get_color())
     ax.axhline(dense_ppl, color="black", linestyle="--", linewidth=1, label=f"dense ({dense_ppl:.2f})")
     ax.set_yscale("log")
     ax.set_xlabel("requested sparsity")
@@ -318,3 +357,12 @@ def plot(rows: list[dict[str, Any]], dense_ppl: float, path: Path, title: str = 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+
+
+def curve(rows: list[dict[str, Any]], method: str, key: str) -> list[tuple[float, float]]:
+    """(sparsity, ``row[key]``) of ``method``'s points that have a finite ``key``, by sparsity."""
+    return sorted(
+        (r["sparsity"], r[key])
+        for r in rows
+        if r["method"] == method and not r["error"] and r.get(key) is not None and math.isfinite(r[key])
+    )
